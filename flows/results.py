@@ -1,0 +1,42 @@
+"""What a stage reports: one small model shared by every step, summary and the CLI."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class StageStatus(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    # Not declared or not configured: shown as skipped, never counted as a pass.
+    SKIPPED = "skipped"
+    # A passing result re-used from an earlier run with the same inputs.
+    CACHED = "cached"
+    CANCELLED = "cancelled"
+
+    @property
+    def ok(self) -> bool:
+        return self in (StageStatus.PASSED, StageStatus.CACHED, StageStatus.SKIPPED)
+
+
+class StageResult(BaseModel):
+    """The outcome of one stage of a pipeline run."""
+
+    name: str
+    status: StageStatus
+    seconds: float = 0.0
+    exit_code: int | None = None
+    # Last lines of output, for the summary; the full output is in the run logs.
+    tail: str = ""
+    detail: str = ""
+    # Stage-specific facts a person or a later step needs (image digests, findings, URLs).
+    data: dict[str, Any] = Field(default_factory=dict)
+    # For cached results: the flow run that produced the result.
+    cached_from: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok

@@ -1,0 +1,9 @@
+"""Test-wide setup: no telemetry, no network, and per-area fixtures loaded as plugins."""
+
+from __future__ import annotations
+
+import os
+
+# Every Prefect process a test starts inherits these: nothing may leave the machine.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
