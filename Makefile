@@ -8,6 +8,10 @@ SYSTEM_STAMP := $(VENV)/.system-packages
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
+# Each area may add its own tool installs to INSTALL_EXTRA and targets in mk/<area>.mk.
+INSTALL_EXTRA :=
+-include mk/*.mk
+
 .PHONY: all install system-packages demo test lint typecheck pytest bench clean
 
 all: test
@@ -24,7 +28,7 @@ $(SYSTEM_STAMP): deployments/system_packages.sh | $(STAMP)
 	bash deployments/system_packages.sh
 	@touch $@
 
-install: $(STAMP) $(SYSTEM_STAMP)
+install: $(STAMP) $(SYSTEM_STAMP) $(INSTALL_EXTRA)
 
 system-packages: $(SYSTEM_STAMP)
 
@@ -50,4 +54,3 @@ clean:
 	-$(BIN)/gantry down
 	rm -rf $(VENV) .gantry .mypy_cache .ruff_cache .pytest_cache
 
--include mk/*.mk
