@@ -64,7 +64,8 @@ class Checks(_Strict):
             return {"command": value}
         if isinstance(value, str):
             raise ValueError(
-                'a shell string is not accepted; expected an argv list such as ["ruff", "check", "."]'
+                "a shell string is not accepted; "
+                'expected an argv list such as ["ruff", "check", "."]'
             )
         return value
 

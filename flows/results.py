@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, Field
 
 
@@ -40,3 +42,18 @@ class StageResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status.ok
+
+
+def stage_state(result: StageResult) -> State[StageResult]:
+    """The Prefect state a stage task ends in, so the UI shows each stage's real outcome.
+
+    A failed stage is a Failed task run (red in the UI, and never cached); a skipped one is
+    Completed but named "Skipped", so nobody mistakes it for a pass.
+    """
+    if result.status == StageStatus.FAILED:
+        return Failed(message=f"{result.name}: {result.detail or 'failed'}", data=result)
+    if result.status == StageStatus.CANCELLED:
+        return Cancelled(message=f"{result.name}: {result.detail or 'cancelled'}", data=result)
+    if result.status == StageStatus.SKIPPED:
+        return Completed(message=result.detail, data=result, name="Skipped")
+    return Completed(data=result)

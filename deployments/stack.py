@@ -1,0 +1,156 @@
+"""The local stack: Prefect server, process work pool and worker, deployments from prefect.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployments.prefect_server import PrefectServer, base_env, venv_bin
+from deployments.processes import ManagedProcess, StackError, wait_until
+from deployments.settings import StackSettings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    name: str
+    url: str
+    up: bool
+    detail: str = ""
+
+
+def _quiet(message: str) -> None:
+    del message
+
+
+def worker_env(settings: StackSettings) -> dict[str, str]:
+    """The worker's environment; flow runs inherit it, so it names our state folder and tools."""
+    env = base_env(settings)
+    env["GANTRY_HOME"] = str(settings.state_dir)
+    env["GANTRY_PROJECT_DIR"] = str(PROJECT_DIR)
+    env["GANTRY_WORK_POOL"] = settings.work_pool
+    for key in ("prefect_port", "webhook_port", "registry_port"):
+        env[f"GANTRY_{key.upper()}"] = str(getattr(settings, key))
+    # Steps resolve `python`, `ruff`, `pytest` ... from the environment Gantry is installed in.
+    bin_dir = str(Path(venv_bin("prefect")).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+    return env
+
+
+class Stack:
+    """Start, inspect and stop the local stack of one state folder."""
+
+    def __init__(self, settings: StackSettings | None = None) -> None:
+        self.settings = settings or StackSettings()
+        self.server = PrefectServer(self.settings)
+        self.worker = ManagedProcess("worker", self.settings.state_dir / "run")
+
+    # -- work pool and deployments -------------------------------------------------------
+    async def _ensure_work_pool(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectNotFound
+        from prefect.workers.process import ProcessWorker
+
+        async with get_client() as client:
+            try:
+                await client.read_work_pool(self.settings.work_pool)
+            except ObjectNotFound:
+                await client.create_work_pool(
+                    WorkPoolCreate(
+                        name=self.settings.work_pool,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                        description="Gantry's local process work pool",
+                    )
+                )
+
+    def ensure_work_pool(self) -> None:
+        env = worker_env(self.settings)
+        saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL",)}
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        try:
+            asyncio.run(self._ensure_work_pool())
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def apply_deployments(self) -> None:
+        """`prefect deploy --all` over prefect.yaml: Prefect's own way of reading it."""
+        env = worker_env(self.settings)
+        result = subprocess.run(
+            [venv_bin("prefect"), "--no-prompt", "deploy", "--all"],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip()[-2000:]
+            raise StackError(f"applying prefect.yaml failed:\n{output}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def up(self, progress: Progress = _quiet) -> list[PartStatus]:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        progress("starting the Prefect server")
+        self.server.start()
+        progress("creating the work pool")
+        self.ensure_work_pool()
+        progress("applying deployments from prefect.yaml")
+        self.apply_deployments()
+        if not self.worker.running():
+            progress("starting the worker")
+            argv = [
+                venv_bin("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                self.settings.work_pool,
+                "--type",
+                "process",
+                "--name",
+                f"{self.settings.work_pool}-worker",
+            ]
+            self.worker.start(argv, worker_env(self.settings), cwd=PROJECT_DIR)
+            if not wait_until(self._worker_polling, 60, 0.5):
+                raise StackError(f"the worker did not start:\n{self.worker.log_tail()}")
+        return self.status()
+
+    def down(self) -> list[str]:
+        stopped = []
+        if self.worker.stop():
+            stopped.append("worker")
+        if self.server.stop():
+            stopped.append("prefect-server")
+        return stopped
+
+    def _worker_polling(self) -> bool:
+        if not self.worker.running():
+            return False
+        return "started" in self.worker.log_tail(50).lower()
+
+    def status(self) -> list[PartStatus]:
+        s = self.settings
+        return [
+            PartStatus("prefect-server", s.prefect_url, self.server.healthy()),
+            PartStatus(
+                "worker",
+                f"{s.prefect_url}/work-pools/work-pool/{s.work_pool}",
+                self.worker.running(),
+                f"pool {s.work_pool}",
+            ),
+        ]
+
+    def is_up(self) -> bool:
+        return all(part.up for part in self.status())
