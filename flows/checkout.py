@@ -119,7 +119,7 @@ async def checkout(repository: str, sha: str, name: str = "run") -> AsyncIterato
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-@task(name="checkout", retries=0)
+@task(name="checkout", task_run_name="checkout", retries=0)
 async def checkout_task(repository: str, sha: str, workspace: Path) -> str:
     await materialize(repository, sha, workspace)
     return sha

@@ -1,0 +1,179 @@
+"""Trigger a pipeline through its deployment, follow it, and read back what it reported."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from pydantic import BaseModel, Field
+
+from flows.checkout import SHA_RE
+from flows.summary import summary_key
+
+Progress = Callable[[str], None]
+POLL_SECONDS = 0.5
+
+
+class RunError(RuntimeError):
+    """The run could not be started or followed (bad target, stack not reachable)."""
+
+
+class StageLine(BaseModel):
+    name: str
+    status: str
+    seconds: float
+    detail: str = ""
+
+
+class RunOutcome(BaseModel):
+    """What `gantry run ... --json` prints: one object a script can trust."""
+
+    pipeline: str
+    flow_run_id: str
+    flow_run_name: str
+    url: str
+    state: str
+    passed: bool
+    seconds: float
+    message: str = ""
+    stages: list[StageLine] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def resolve_target(repo: str, sha: str) -> tuple[str, str]:
+    """A local path becomes absolute and a ref or short SHA is resolved; URLs need a full SHA."""
+    path = Path(repo)
+    if path.is_dir():
+        found = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(path),
+                "rev-parse",
+                "--verify",
+                "--end-of-options",
+                f"{sha}^{{commit}}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if found.returncode != 0:
+            raise RunError(f"{sha!r} is not a commit of {repo}: {found.stderr.strip()}")
+        return str(path.resolve()), found.stdout.strip()
+    if not SHA_RE.match(sha):
+        raise RunError(f"for a remote repository, --sha must be a full commit SHA, not {sha!r}")
+    return repo, sha
+
+
+async def _stage_progress(flow_run_id: uuid.UUID) -> str:
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    parts = []
+    for run in sorted(runs, key=lambda r: r.name):
+        state = (run.state.name if run.state else None) or "?"
+        parts.append(f"{run.name}: {state.lower()}")
+    return ", ".join(parts)
+
+
+async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLine], dict[str, Any]]:
+    state = flow_run.state
+    if state is not None:
+        try:
+            result = await state.aresult(raise_on_failure=False)
+        except Exception:  # result storage unreachable from here: fall back to the artifact
+            result = None
+        stages = getattr(result, "stages", None)
+        if stages is not None:
+            lines = [
+                StageLine(name=s.name, status=s.status.value, seconds=s.seconds, detail=s.detail)
+                for s in stages
+            ]
+            return lines, dict(getattr(result, "data", {}) or {})
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                key=ArtifactFilterKey(any_=[summary_key(pipeline)]),
+            ),
+            limit=1,
+        )
+    if not artifacts:
+        return [], {}
+    raw = artifacts[0].data
+    rows: list[dict[str, Any]] = json.loads(raw) if isinstance(raw, str) else []
+    return [
+        StageLine(
+            name=r["stage"], status=r["status"], seconds=r["seconds"], detail=r.get("detail", "")
+        )
+        for r in rows
+    ], {}
+
+
+async def run_pipeline(
+    pipeline: str,
+    deployment: str,
+    parameters: dict[str, Any],
+    ui_url: str,
+    progress: Progress,
+    timeout: float = 3600.0,
+) -> RunOutcome:
+    """Create a flow run of ``deployment`` and follow it to its final state."""
+    started = time.monotonic()
+    try:
+        created = run_deployment(deployment, parameters=parameters, timeout=0)
+        flow_run: FlowRun = await created if inspect.isawaitable(created) else created
+    except Exception as exc:
+        raise RunError(f"cannot start {deployment}: {exc}") from exc
+    url = f"{ui_url}/runs/flow-run/{flow_run.id}"
+    progress(f"{pipeline} run {flow_run.name} created: {url}")
+    last = ""
+    async with get_client() as client:
+        while True:
+            flow_run = await client.read_flow_run(flow_run.id)
+            state = flow_run.state
+            if state is not None and state.is_final():
+                break
+            if time.monotonic() - started > timeout:
+                raise RunError(f"{flow_run.name} did not finish within {timeout:.0f} s: {url}")
+            stage_states = await _stage_progress(flow_run.id)
+            line = f"{state.name if state else 'Pending'}"
+            line += f" | {stage_states}" if stage_states else ""
+            if line != last:
+                progress(line)
+                last = line
+            await asyncio.sleep(POLL_SECONDS)
+    stages, data = await _read_summary(flow_run, pipeline)
+    assert state is not None
+    return RunOutcome(
+        pipeline=pipeline,
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        url=url,
+        state=state.name or state.type.value,
+        passed=state.is_completed(),
+        seconds=round(time.monotonic() - started, 3),
+        message=state.message or "",
+        stages=stages,
+        data=data,
+    )

@@ -1,0 +1,3 @@
+"""Inference tasks API: a small backend service of the AI platform."""
+
+__version__ = "1.0.0"
