@@ -1,0 +1,462 @@
+"""Gantry's GitHub REST client: commit statuses, deployments, webhook deliveries.
+
+Retries are bounded: 5xx answers and connection errors retry with jittered backoff, rate limits
+wait as GitHub asks, and one call never sleeps longer than ``RetryPolicy.max_wait`` in total.
+Other 4xx answers raise at once. Every error is a ``GitHubError``; no message carries a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from blocks.github import DEFAULT_API_URL, GitHubCredentials
+from clients.github_auth import AppAuth, GitHubAuth, TokenAuth
+from clients.github_errors import (
+    GitHubAuthError,
+    GitHubConflictError,
+    GitHubError,
+    GitHubForbiddenError,
+    GitHubNotFoundError,
+    GitHubProtocolError,
+    GitHubRateLimited,
+    GitHubUnavailable,
+    GitHubValidationError,
+)
+from clients.github_models import (
+    CommitState,
+    CommitStatus,
+    Deployment,
+    DeploymentState,
+    DeploymentStatus,
+    HookDelivery,
+    InstallationToken,
+)
+
+logger = logging.getLogger("gantry.github")
+
+API_VERSION = "2022-11-28"
+DESCRIPTION_LIMIT = 140
+MAX_PER_PAGE = 100
+_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_random = secrets.SystemRandom()
+M = TypeVar("M", CommitStatus, Deployment, DeploymentStatus, HookDelivery, InstallationToken)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one call may keep trying. Tests shrink every number."""
+
+    # Tries in all for 5xx answers and connection errors.
+    attempts: int = 4
+    # First backoff ceiling in seconds, doubled per retry, capped; the sleep is drawn below it.
+    backoff: float = 0.5
+    backoff_cap: float = 10.0
+    # Total seconds one call may spend sleeping, rate-limit waits included.
+    max_wait: float = 300.0
+    # Secondary rate limit without retry-after: GitHub asks for at least a minute.
+    secondary_min_wait: float = 60.0
+    # Added to a primary limit's reset time: our clock and GitHub's differ a little.
+    reset_slack: float = 1.0
+
+
+def truncate(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """``text`` cut to GitHub's description limit, marking the cut with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _repo_path(repo_full_name: str) -> str:
+    if not _REPO_RE.match(repo_full_name) or ".." in repo_full_name:
+        raise ValueError(f"not an owner/name repository: {repo_full_name!r}")
+    return f"/repos/{repo_full_name}"
+
+
+def _seg(value: str | int) -> str:
+    return quote(str(value), safe="")
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str | None, list[dict[str, Any]]]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = str(body.get("message") or response.reason_phrase)
+        doc = body.get("documentation_url")
+        errors = body.get("errors")
+        return (
+            message,
+            doc if isinstance(doc, str) else None,
+            [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
+        )
+    return response.reason_phrase or f"HTTP {response.status_code}", None, []
+
+
+class GitHubClient:
+    """Async client for the REST endpoints Gantry uses. Use ``async with`` or call ``aclose``."""
+
+    def __init__(
+        self,
+        auth: GitHubAuth,
+        *,
+        api_url: str = DEFAULT_API_URL,
+        policy: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.policy = policy or RetryPolicy()
+        self._auth = auth
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "gantry",
+            },
+        )
+
+    @classmethod
+    def from_credentials(
+        cls, credentials: GitHubCredentials, *, policy: RetryPolicy | None = None, **kwargs: Any
+    ) -> GitHubClient:
+        auth: GitHubAuth
+        if credentials.token is not None:
+            auth = TokenAuth(credentials.token)
+        else:
+            assert credentials.app_id and credentials.private_key and credentials.installation_id
+            auth = AppAuth(credentials.app_id, credentials.private_key, credentials.installation_id)
+        return cls(auth, api_url=credentials.api_url, policy=policy, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"GitHubClient(api_url={self.api_url!r}, auth={self._auth!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    async def create_commit_status(
+        self,
+        repo_full_name: str,
+        sha: str,
+        state: CommitState,
+        context: str,
+        description: str | None = None,
+        target_url: str | None = None,
+    ) -> CommitStatus:
+        body: dict[str, Any] = {"state": state, "context": context}
+        if description is not None:
+            body["description"] = truncate(description)
+        if target_url:
+            body["target_url"] = target_url
+        path = f"{_repo_path(repo_full_name)}/statuses/{_seg(sha)}"
+        return self._parse(CommitStatus, await self._request("POST", path, json=body))
+
+    async def create_deployment(
+        self,
+        repo_full_name: str,
+        ref: str,
+        environment: str,
+        payload: dict[str, Any] | None = None,
+        description: str | None = None,
+        production_environment: bool | None = None,
+        transient_environment: bool | None = None,
+    ) -> Deployment:
+        body: dict[str, Any] = {
+            "ref": ref,
+            "task": "deploy",
+            "environment": environment,
+            # Gantry deploys exact commits: never let GitHub merge the default branch in,
+            # and Gantry's own stages already gated this ref.
+            "auto_merge": False,
+            "required_contexts": [],
+            "payload": payload or {},
+        }
+        if description is not None:
+            body["description"] = truncate(description)
+        if production_environment is not None:
+            body["production_environment"] = production_environment
+        if transient_environment is not None:
+            body["transient_environment"] = transient_environment
+        path = f"{_repo_path(repo_full_name)}/deployments"
+        response = await self._request("POST", path, json=body)
+        if response.status_code == 202:
+            message, doc, _ = _error_message(response)
+            raise GitHubConflictError(
+                f"POST {path}: no deployment created: {message}",
+                status=202,
+                documentation_url=doc,
+            )
+        return self._parse(Deployment, response)
+
+    async def create_deployment_status(
+        self,
+        repo_full_name: str,
+        deployment_id: int,
+        state: DeploymentState,
+        environment_url: str | None = None,
+        log_url: str | None = None,
+        description: str | None = None,
+    ) -> DeploymentStatus:
+        body: dict[str, Any] = {"state": state}
+        if environment_url:
+            body["environment_url"] = environment_url
+        if log_url:
+            body["log_url"] = log_url
+        if description is not None:
+            body["description"] = truncate(description)
+        path = f"{_repo_path(repo_full_name)}/deployments/{_seg(deployment_id)}/statuses"
+        return self._parse(DeploymentStatus, await self._request("POST", path, json=body))
+
+    async def list_hook_deliveries(
+        self,
+        repo_full_name: str,
+        hook_id: int,
+        per_page: int = MAX_PER_PAGE,
+        since: datetime | None = None,
+        max_pages: int = 100,
+    ) -> list[HookDelivery]:
+        """Deliveries newest first, following the ``Link`` cursor; stops at ``since``."""
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        path = f"{_repo_path(repo_full_name)}/hooks/{_seg(hook_id)}/deliveries"
+        params: dict[str, str | int] = {"per_page": max(1, min(per_page, MAX_PER_PAGE))}
+        found: list[HookDelivery] = []
+        for _ in range(max_pages):
+            response = await self._request("GET", path, params=params)
+            items = self._json(response)
+            if not isinstance(items, list):
+                raise GitHubProtocolError(f"GET {path}: expected a list of deliveries")
+            page = [self._validate(HookDelivery, item, path) for item in items]
+            older = since is not None and any(d.delivered_at < since for d in page)
+            found.extend(d for d in page if since is None or d.delivered_at >= since)
+            cursor = self._next_cursor(response)
+            if older or cursor is None:
+                return found
+            params = {**params, "cursor": cursor}
+        logger.warning("stopped listing deliveries of hook %s after %d pages", hook_id, max_pages)
+        return found
+
+    async def redeliver(self, repo_full_name: str, hook_id: int, delivery_id: int) -> None:
+        path = (
+            f"{_repo_path(repo_full_name)}/hooks/{_seg(hook_id)}"
+            f"/deliveries/{_seg(delivery_id)}/attempts"
+        )
+        await self._request("POST", path)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _next_cursor(response: httpx.Response) -> str | None:
+        # Only the cursor is taken from the Link URL: the token is never sent to a host
+        # other than api_url, whatever the header says.
+        url = response.links.get("next", {}).get("url")
+        if not url:
+            return None
+        cursor = parse_qs(urlsplit(url).query).get("cursor")
+        return cursor[0] if cursor else None
+
+    async def _exchange(self, installation_id: int, app_jwt: SecretStr) -> InstallationToken:
+        path = f"/app/installations/{_seg(installation_id)}/access_tokens"
+        try:
+            response = await self._send("POST", path, app_jwt)
+        except GitHubAuthError as exc:
+            raise GitHubAuthError(
+                f"GitHub App installation token exchange refused: {exc.message}",
+                status=exc.status,
+                documentation_url=exc.documentation_url,
+            ) from exc
+        except GitHubNotFoundError as exc:
+            raise GitHubAuthError(
+                f"GitHub App installation {installation_id} not found for this app",
+                status=exc.status,
+            ) from exc
+        token = self._parse(InstallationToken, response)
+        if token.expires_at.tzinfo is None:
+            token = token.model_copy(update={"expires_at": token.expires_at.replace(tzinfo=UTC)})
+        return token
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        token = await self._auth.bearer(self._exchange)
+        try:
+            return await self._send(method, path, token, json=json, params=params)
+        except GitHubAuthError as exc:
+            if exc.status != 401 or not self._auth.renewable:
+                raise
+            # An installation token can be revoked before it expires: mint one more, once.
+            self._auth.invalidate()
+            token = await self._auth.bearer(self._exchange)
+            return await self._send(method, path, token, json=json, params=params)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        bearer: SecretStr,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        policy = self.policy
+        headers = {"Authorization": f"Bearer {bearer.get_secret_value()}"}
+        waited = 0.0
+        failures = 0
+        secondary_hits = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    method, path, json=json, params=params, headers=headers
+                )
+            except httpx.HTTPError as exc:
+                failures += 1
+                reason = f"{method} {path}: {type(exc).__name__}"
+                delay = self._backoff(failures)
+                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                    raise GitHubUnavailable(
+                        f"{reason} after {failures} attempts ({self.api_url})"
+                    ) from exc
+                logger.info("GitHub %s; retrying in %.1fs", reason, delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                continue
+            status = response.status_code
+            if status < 400:
+                return response
+            if status >= 500:
+                failures += 1
+                delay = self._backoff(failures)
+                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                    message, doc, _ = _error_message(response)
+                    raise GitHubUnavailable(
+                        f"{method} {path}: HTTP {status} after {failures} attempts: {message}",
+                        status=status,
+                        documentation_url=doc,
+                    )
+                logger.info("GitHub %s %s: HTTP %d; retrying in %.1fs", method, path, status, delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                continue
+            rate_wait = self._rate_limit_wait(response, secondary_hits)
+            if rate_wait is None:
+                raise self._error(method, path, response)
+            secondary_hits += 1
+            if waited + rate_wait > policy.max_wait:
+                message, doc, _ = _error_message(response)
+                raise GitHubRateLimited(
+                    f"{method} {path}: rate limited for {rate_wait:.0f}s more, over the "
+                    f"{policy.max_wait:.0f}s this call may wait: {message}",
+                    status=status,
+                    documentation_url=doc,
+                    retry_after=rate_wait,
+                )
+            logger.warning(
+                "GitHub rate limit on %s %s: waiting %.1fs", method, path, max(rate_wait, 0.0)
+            )
+            await asyncio.sleep(rate_wait)
+            waited += rate_wait
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (failures - 1))
+        # Jittered: stages retrying together must not hit GitHub in lockstep.
+        return _random.uniform(ceiling / 2, ceiling)
+
+    def _rate_limit_wait(self, response: httpx.Response, previous_hits: int) -> float | None:
+        """Seconds to wait before retrying, or None when the answer is not a rate limit."""
+        if response.status_code not in (403, 429):
+            return None
+        headers = response.headers
+        message, _, _ = _error_message(response)
+        secondary = "secondary rate limit" in message.lower()
+        primary = headers.get("x-ratelimit-remaining") == "0"
+        retry_after = _retry_after_seconds(response)
+        if retry_after is not None:
+            return retry_after
+        if primary:
+            try:
+                reset = float(headers.get("x-ratelimit-reset", ""))
+            except ValueError:
+                reset = time.time() + self.policy.secondary_min_wait
+            return max(reset - time.time(), 0.0) + self.policy.reset_slack
+        if secondary or response.status_code == 429 or "rate limit" in message.lower():
+            return float(self.policy.secondary_min_wait * 2**previous_hits)
+        return None
+
+    def _error(self, method: str, path: str, response: httpx.Response) -> GitHubError:
+        status = response.status_code
+        message, doc, errors = _error_message(response)
+        text = f"{method} {path}: HTTP {status}: {message}"
+        if errors:
+            details = "; ".join(str(e.get("message") or e.get("code") or e) for e in errors)
+            text = f"{text} ({details})"
+        if status == 401:
+            return GitHubAuthError(text, status=status, documentation_url=doc)
+        if status == 403:
+            return GitHubForbiddenError(text, status=status, documentation_url=doc)
+        if status == 404:
+            return GitHubNotFoundError(text, status=status, documentation_url=doc)
+        if status == 409:
+            return GitHubConflictError(text, status=status, documentation_url=doc)
+        if status in (400, 422):
+            return GitHubValidationError(text, status=status, documentation_url=doc, errors=errors)
+        return GitHubError(text, status=status, documentation_url=doc)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise GitHubProtocolError(
+                f"{response.request.method} {response.request.url.path}: answer is not JSON",
+                status=response.status_code,
+            ) from exc
+
+    @staticmethod
+    def _validate(model: type[M], data: Any, where: str) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise GitHubProtocolError(
+                f"{where}: unexpected {model.__name__} ({exc.error_count()} problems)"
+            ) from exc
+
+    def _parse(self, model: type[M], response: httpx.Response) -> M:
+        return self._validate(model, self._json(response), response.request.url.path)
