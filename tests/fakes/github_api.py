@@ -1,0 +1,503 @@
+"""A local HTTP server that answers like GitHub's REST API (the parts Gantry uses).
+
+Shapes follow the shared notes on GitHub REST: statuses, deployments, deployment statuses, hook
+deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token exchange, error
+bodies, rate-limit headers. Faults are queued with ``fail_next``; every request is recorded.
+
+Usable without pytest (``with FakeGitHub() as gh: ...``) and as the ``github_api`` fixture.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jwt
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+DOCS = "https://docs.github.com/rest"
+COMMIT_STATES = {"error", "failure", "pending", "success"}
+DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
+FaultKind = Literal["server_error", "secondary_rate_limit", "primary_rate_limit"]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    json: Any
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    retry_after: int | None = None
+    reset_in: int = 0
+    status: int = 500
+
+
+@dataclass
+class _State:
+    statuses: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    deployment_statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    deliveries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    redelivered: list[tuple[str, int, int]] = field(default_factory=list)
+    issued_tokens: dict[str, float] = field(default_factory=dict)
+
+
+@functools.cache
+def _app_key() -> rsa.RSAPrivateKey:
+    # Generating an RSA key costs a noticeable fraction of a second: one per test process.
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"message": message, "documentation_url": DOCS, "status": str(status), **extra},
+        status_code=status,
+    )
+
+
+def _validation_failed(resource: str, field_name: str, message: str) -> JSONResponse:
+    errors = [{"resource": resource, "field": field_name, "code": "custom", "message": message}]
+    return _error(422, "Validation Failed", errors=errors)
+
+
+class FakeGitHub:
+    """GitHub REST stand-in on 127.0.0.1 with a free port. ``start``/``stop`` or ``with``."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "ghp_fake0123456789abcdefTOKEN",  # noqa: S107 (a fake server's fake token)
+        app_id: str = "424242",
+        installation_id: int = 777,
+        installation_token_ttl: int = 3600,
+        status_limit: int = 1000,
+    ) -> None:
+        self.token = token
+        self.app_id = app_id
+        self.installation_id = installation_id
+        self.installation_token_ttl = installation_token_ttl
+        self.status_limit = status_limit
+        self.requests: list[RecordedRequest] = []
+        self.state = _State()
+        self._faults: list[Fault] = []
+        self._ids = itertools.count(1001)
+        self._lock = threading.Lock()
+        key = _app_key()
+        self.private_key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        self._public_key = key.public_key()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+        self.app = Starlette(routes=self._routes())
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> FakeGitHub:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("fake GitHub server did not start")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> FakeGitHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- programming it -----------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        count: int,
+        kind: FaultKind = "server_error",
+        *,
+        retry_after: int | None = None,
+        reset_in: int = 0,
+        status: int | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests with a fault instead of their real answer."""
+        default_status = {"secondary_rate_limit": 403, "primary_rate_limit": 429}.get(kind, 500)
+        with self._lock:
+            self._faults.extend(
+                Fault(kind, retry_after, reset_in, status or default_status) for _ in range(count)
+            )
+
+    def add_delivery(
+        self,
+        hook_id: int,
+        *,
+        guid: str | None = None,
+        event: str = "push",
+        action: str | None = None,
+        delivered_at: datetime | None = None,
+        redelivery: bool = False,
+        status_code: int = 202,
+    ) -> dict[str, Any]:
+        delivery = {
+            "id": next(self._ids),
+            "guid": guid or f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}",
+            "delivered_at": _iso(delivered_at or datetime.now(UTC)),
+            "redelivery": redelivery,
+            "duration": 0.27,
+            "status": "OK" if status_code < 400 else "Invalid HTTP Response: 500",
+            "status_code": status_code,
+            "event": event,
+            "action": action,
+            "installation_id": None,
+            "repository_id": 1296269,
+        }
+        with self._lock:
+            self.state.deliveries.setdefault(hook_id, []).append(delivery)
+        return delivery
+
+    def requests_to(self, path_part: str, method: str | None = None) -> list[RecordedRequest]:
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if path_part in r.path and (method is None or r.method == method)
+            ]
+
+    def app_jwt_for(self, private_key_pem: str | None = None, lifetime: int = 540) -> str:
+        """A valid App JWT (tests use it to reach the exchange endpoint directly)."""
+        now = int(time.time())
+        claims = {"iat": now - 60, "exp": now + lifetime, "iss": self.app_id}
+        return jwt.encode(claims, private_key_pem or self.private_key_pem, algorithm="RS256")
+
+    # --- the app ------------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        repo = "/repos/{owner}/{repo}"
+        hooks = repo + "/hooks/{hook_id:int}/deliveries"
+        return [
+            Route(repo + "/statuses/{sha}", self._guard(self._create_status), methods=["POST"]),
+            Route(repo + "/deployments", self._guard(self._create_deployment), methods=["POST"]),
+            Route(
+                repo + "/deployments/{deployment_id:int}/statuses",
+                self._guard(self._create_deployment_status),
+                methods=["POST"],
+            ),
+            Route(hooks, self._guard(self._list_deliveries), methods=["GET"]),
+            Route(
+                hooks + "/{delivery_id:int}/attempts",
+                self._guard(self._redeliver),
+                methods=["POST"],
+            ),
+            Route(
+                "/app/installations/{installation_id:int}/access_tokens",
+                self._guard(self._access_token, app_jwt=True),
+                methods=["POST"],
+            ),
+        ]
+
+    def _rate_headers(self, remaining: int = 4999, reset_in: int = 3600) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit": "5000",
+            "x-ratelimit-remaining": str(remaining),
+            "x-ratelimit-used": str(5000 - remaining),
+            "x-ratelimit-reset": str(int(time.time()) + reset_in),
+            "x-ratelimit-resource": "core",
+        }
+
+    def _guard(self, handler: Any, *, app_jwt: bool = False) -> Any:
+        async def endpoint(request: Request) -> Response:
+            raw = await request.body()
+            try:
+                body = await request.json() if raw else None
+            except ValueError:
+                return _error(400, "Problems parsing JSON")
+            with self._lock:
+                self.requests.append(
+                    RecordedRequest(
+                        request.method,
+                        request.url.path,
+                        dict(request.query_params),
+                        {k.lower(): v for k, v in request.headers.items()},
+                        body,
+                    )
+                )
+                fault = self._faults.pop(0) if self._faults else None
+            if fault is not None:
+                return self._fault(fault)
+            auth = request.headers.get("authorization", "")
+            bearer = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if app_jwt:
+                if not self._jwt_ok(bearer):
+                    return _error(401, "A JSON web token could not be decoded")
+            elif not self._token_ok(bearer):
+                return _error(401, "Bad credentials")
+            response: Response = await handler(request, body)
+            response.headers.update(self._rate_headers())
+            return response
+
+        return endpoint
+
+    def _fault(self, fault: Fault) -> Response:
+        if fault.kind == "secondary_rate_limit":
+            headers = self._rate_headers()
+            if fault.retry_after is not None:
+                headers["retry-after"] = str(fault.retry_after)
+            response = _error(
+                fault.status,
+                "You have exceeded a secondary rate limit. Please wait a few minutes before "
+                "you try again.",
+            )
+        elif fault.kind == "primary_rate_limit":
+            headers = self._rate_headers(remaining=0, reset_in=fault.reset_in)
+            response = _error(fault.status, "API rate limit exceeded for installation.")
+        else:
+            headers = {}
+            response = _error(fault.status, "Server Error")
+        response.headers.update(headers)
+        return response
+
+    def _token_ok(self, bearer: str) -> bool:
+        if bearer and secrets.compare_digest(bearer, self.token):
+            return True
+        with self._lock:
+            expires = self.state.issued_tokens.get(bearer)
+        return expires is not None and expires > time.time()
+
+    def _jwt_ok(self, bearer: str) -> bool:
+        try:
+            claims = jwt.decode(
+                bearer,
+                self._public_key,
+                algorithms=["RS256"],
+                options={"require": ["iat", "exp", "iss"]},
+            )
+        except jwt.PyJWTError:
+            return False
+        now = time.time()
+        # GitHub refuses a JWT that expires more than 10 minutes ahead.
+        return str(claims["iss"]) == self.app_id and claims["exp"] <= now + 600 + 5
+
+    # --- endpoints ----------------------------------------------------------------------------
+
+    async def _create_status(self, request: Request, body: Any) -> Response:
+        if not isinstance(body, dict) or body.get("state") not in COMMIT_STATES:
+            return _validation_failed("Status", "state", "state is not included in the list")
+        description = body.get("description")
+        if description is not None and len(description) > 140:
+            return _validation_failed(
+                "Status", "description", "description is too long (maximum is 140 characters)"
+            )
+        p = request.path_params
+        full_name, sha = f"{p['owner']}/{p['repo']}", p["sha"]
+        context = body.get("context") or "default"
+        now = _iso(datetime.now(UTC))
+        with self._lock:
+            existing = self.state.statuses.setdefault((full_name, sha), [])
+            if sum(1 for s in existing if s["context"] == context) >= self.status_limit:
+                return _validation_failed(
+                    "Status",
+                    "context",
+                    "This SHA and context has reached the maximum number of statuses.",
+                )
+            status = {
+                "url": f"{self.url}/repos/{full_name}/statuses/{sha}",
+                "id": next(self._ids),
+                "node_id": "SC_kwDOfake",
+                "state": body["state"],
+                "description": description,
+                "target_url": body.get("target_url"),
+                "context": context,
+                "created_at": now,
+                "updated_at": now,
+                "creator": {"login": "gantry[bot]", "id": 1, "type": "Bot"},
+            }
+            existing.append(status)
+        return JSONResponse(status, status_code=201)
+
+    async def _create_deployment(self, request: Request, body: Any) -> Response:
+        if not isinstance(body, dict) or not body.get("ref"):
+            return _validation_failed("Deployment", "ref", "ref is missing")
+        p = request.path_params
+        full_name = f"{p['owner']}/{p['repo']}"
+        environment = body.get("environment") or "production"
+        now = _iso(datetime.now(UTC))
+        with self._lock:
+            deployment_id = next(self._ids)
+            url = f"{self.url}/repos/{full_name}/deployments/{deployment_id}"
+            deployment = {
+                "url": url,
+                "id": deployment_id,
+                "node_id": "DE_kwDOfake",
+                "sha": body["ref"] if len(body["ref"]) == 40 else "a" * 40,
+                "ref": body["ref"],
+                "task": body.get("task") or "deploy",
+                "payload": body.get("payload") or {},
+                "original_environment": environment,
+                "environment": environment,
+                "description": body.get("description"),
+                "creator": {"login": "gantry[bot]", "id": 1, "type": "Bot"},
+                "created_at": now,
+                "updated_at": now,
+                "statuses_url": f"{url}/statuses",
+                "repository_url": f"{self.url}/repos/{full_name}",
+                "transient_environment": bool(body.get("transient_environment", False)),
+                "production_environment": bool(
+                    body.get("production_environment", environment == "production")
+                ),
+            }
+            self.state.deployments[deployment_id] = deployment
+        return JSONResponse(deployment, status_code=201)
+
+    async def _create_deployment_status(self, request: Request, body: Any) -> Response:
+        deployment_id = request.path_params["deployment_id"]
+        with self._lock:
+            deployment = self.state.deployments.get(deployment_id)
+        if deployment is None:
+            return _error(404, "Not Found")
+        if not isinstance(body, dict) or body.get("state") not in DEPLOYMENT_STATES:
+            return _validation_failed(
+                "DeploymentStatus", "state", "state is not included in the list"
+            )
+        description = body.get("description") or ""
+        if len(description) > 140:
+            return _validation_failed(
+                "DeploymentStatus",
+                "description",
+                "description is too long (maximum is 140 characters)",
+            )
+        now = _iso(datetime.now(UTC))
+        with self._lock:
+            status = {
+                "url": f"{deployment['url']}/statuses/{next(self._ids)}",
+                "id": next(self._ids),
+                "state": body["state"],
+                "description": description,
+                "environment": body.get("environment") or deployment["environment"],
+                "target_url": body.get("log_url") or "",
+                "log_url": body.get("log_url") or "",
+                "environment_url": body.get("environment_url") or "",
+                "created_at": now,
+                "updated_at": now,
+                "deployment_url": deployment["url"],
+                "repository_url": deployment["repository_url"],
+            }
+            self.state.deployment_statuses.setdefault(deployment_id, []).append(status)
+        return JSONResponse(status, status_code=201)
+
+    async def _list_deliveries(self, request: Request, body: Any) -> Response:
+        hook_id = request.path_params["hook_id"]
+        try:
+            per_page = min(int(request.query_params.get("per_page", "30")), 100)
+        except ValueError:
+            return _error(400, "per_page must be an integer")
+        cursor = request.query_params.get("cursor")
+        with self._lock:
+            items = sorted(
+                self.state.deliveries.get(hook_id, []),
+                key=lambda d: (d["delivered_at"], d["id"]),
+                reverse=True,
+            )
+        if cursor:
+            try:
+                after = int(cursor.removeprefix("v1_"))
+            except ValueError:
+                return _error(400, "Invalid cursor")
+            ids = [d["id"] for d in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        page, rest = items[:per_page], items[per_page:]
+        response = JSONResponse(page)
+        if rest:
+            next_url = request.url.include_query_params(
+                per_page=per_page, cursor=f"v1_{page[-1]['id']}"
+            )
+            response.headers["link"] = f'<{next_url}>; rel="next"'
+        return response
+
+    async def _redeliver(self, request: Request, body: Any) -> Response:
+        p = request.path_params
+        hook_id, delivery_id = p["hook_id"], p["delivery_id"]
+        with self._lock:
+            original = next(
+                (d for d in self.state.deliveries.get(hook_id, []) if d["id"] == delivery_id),
+                None,
+            )
+        if original is None:
+            return _error(404, "Not Found")
+        with self._lock:
+            self.state.redelivered.append((f"{p['owner']}/{p['repo']}", hook_id, delivery_id))
+        self.add_delivery(
+            hook_id,
+            guid=original["guid"],
+            event=original["event"],
+            action=original["action"],
+            redelivery=True,
+        )
+        return JSONResponse({}, status_code=202)
+
+    async def _access_token(self, request: Request, body: Any) -> Response:
+        if request.path_params["installation_id"] != self.installation_id:
+            return _error(404, "Not Found")
+        token = "ghs_" + secrets.token_urlsafe(27).replace("-", "A").replace("_", "B")
+        expires = datetime.now(UTC) + timedelta(seconds=self.installation_token_ttl)
+        with self._lock:
+            self.state.issued_tokens[token] = expires.timestamp()
+        return JSONResponse(
+            {
+                "token": token,
+                "expires_at": _iso(expires),
+                "permissions": {"statuses": "write", "deployments": "write"},
+                "repository_selection": "selected",
+            },
+            status_code=201,
+        )
+
+
+@pytest.fixture
+def github_api() -> Iterator[FakeGitHub]:
+    """A running fake GitHub, stopped after the test."""
+    with FakeGitHub() as fake:
+        yield fake
