@@ -66,6 +66,7 @@ def prefect_env(settings: StackSettings) -> dict[str, str]:
         "PREFECT_HOME": str(settings.state_dir / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",

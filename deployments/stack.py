@@ -72,17 +72,12 @@ class Stack:
                 )
 
     def ensure_work_pool(self) -> None:
-        env = worker_env(self.settings)
-        saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL",)}
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-        try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # Prefect reads its settings once per process: change them through its own context,
+        # or the client would talk to whatever server this process was started for.
+        with temporary_settings(updates={PREFECT_API_URL: self.settings.prefect_api_url}):
             asyncio.run(self._ensure_work_pool())
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def apply_deployments(self) -> None:
         """`prefect deploy --all` over prefect.yaml: Prefect's own way of reading it."""

@@ -7,3 +7,10 @@ import os
 # Every Prefect process a test starts inherits these: nothing may leave the machine.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A test that forgets to point Prefect at a server must fail, not quietly start its own.
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+
+pytest_plugins = [
+    "tests.plugins.gitrepo",
+    "tests.plugins.stack",
+]

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from flows.config import ConfigError, load_config, parse_config
+
+SKETCH = """
+[checks]
+lint = ["ruff", "check", "."]
+static = ["mypy", "src"]
+unit = ["pytest", "-q", "tests/unit"]
+integration = ["pytest", "-q", "tests/integration"]
+
+[[images]]
+name = "api"
+context = "."
+dockerfile = "Dockerfile"
+
+[deploy]
+manifests = "deploy"
+
+[e2e]
+command = ["pytest", "-q", "tests/e2e"]
+
+[scan]
+fail_on = "high"
+"""
+
+
+def test_the_design_sketch_parses_into_typed_models() -> None:
+    config = parse_config(SKETCH)
+    lint = config.checks.step("lint")
+    assert lint is not None
+    assert lint.command == ["ruff", "check", "."]
+    assert config.images[0].name == "api"
+    assert config.deploy is not None and config.deploy.manifests == "deploy"
+    assert config.e2e is not None and config.e2e.command[0] == "pytest"
+    assert config.scan.fail_on == "high"
+
+
+def test_an_undeclared_check_is_none_not_a_pass() -> None:
+    config = parse_config('[checks]\nlint = ["ruff"]\n')
+    assert config.checks.step("unit") is None
+
+
+def test_per_step_timeout_overrides_the_default() -> None:
+    config = parse_config(
+        '[checks]\ntimeout = 60\nlint = ["ruff"]\nunit = {command = ["pytest"], timeout = 5}\n'
+    )
+    assert config.checks.timeout_for("unit") == 5
+    assert config.checks.timeout_for("lint") == 60
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[checks]\nlnit = ["ruff"]\n', "checks.lnit: unknown key"),
+        ('[checks]\nlint = "ruff check ."\n', "checks.lint: a shell string is not accepted"),
+        ("[checks]\nlint = []\n", "checks.lint: List should have at least 1 item"),
+        ("[checks]\nlint = [1, 2]\n", "checks.lint.command.0: Input should be a valid string"),
+        ("[checks]\nunit = {timeout = 3}\n", "checks.unit.command: missing (required)"),
+        ('[checks]\nlint = [""]\n', "checks.lint: the first element (the program) must not"),
+        ('[checks]\ntimeout = "soon"\n', "checks.timeout: Input should be a valid number"),
+        ('[[images]]\ncontext = "."\n', "images.0.name: missing (required)"),
+        ('[scan]\nfail_on = "severe"\n', "scan.fail_on: Input should be 'low', 'medium'"),
+        ('[e2e]\ncommand = "pytest"\n', "e2e.command: Input should be a valid list"),
+        ("[checks\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "gantry.toml")
+    message = str(caught.value)
+    assert message.startswith("gantry.toml: ")
+    assert expected in message
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"gantry\.toml: not found at the repository root"):
+        load_config(tmp_path)
+
+
+def test_duplicate_image_names_are_refused() -> None:
+    with pytest.raises(ConfigError, match="repeated: api"):
+        parse_config('[[images]]\nname = "api"\n[[images]]\nname = "api"\n')

@@ -1,0 +1,51 @@
+"""A real local stack (Prefect server, process work pool, worker) for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployments.processes import free_port
+from deployments.settings import StackSettings
+from deployments.stack import Stack
+
+
+def stack_environment(settings: StackSettings) -> dict[str, str]:
+    """Environment that points the `gantry` CLI (and StackSettings) at this test stack."""
+    return {
+        "GANTRY_HOME": str(settings.state_dir),
+        "GANTRY_PREFECT_PORT": str(settings.prefect_port),
+        "GANTRY_WEBHOOK_PORT": str(settings.webhook_port),
+        "GANTRY_REGISTRY_PORT": str(settings.registry_port),
+    }
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home: Path = tmp_path_factory.mktemp("gantry-home")
+    settings = StackSettings(
+        home=home,
+        prefect_port=free_port(),
+        webhook_port=free_port(),
+        registry_port=free_port(),
+    )
+    env = stack_environment(settings)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    stack = Stack(settings)
+    try:
+        stack.up()
+        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+            yield stack
+    finally:
+        stack.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
