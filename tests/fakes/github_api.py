@@ -51,6 +51,7 @@ class Fault:
     retry_after: int | None = None
     reset_in: int = 0
     status: int = 500
+    path_contains: str = ""
 
 
 @dataclass
@@ -163,12 +164,15 @@ class FakeGitHub:
         retry_after: int | None = None,
         reset_in: int = 0,
         status: int | None = None,
+        path_contains: str = "",
     ) -> None:
-        """Answer the next ``count`` requests with a fault instead of their real answer."""
+        """Answer the next ``count`` requests (to paths containing ``path_contains``) with a fault
+        instead of their real answer."""
         default_status = {"secondary_rate_limit": 403, "primary_rate_limit": 429}.get(kind, 500)
         with self._lock:
             self._faults.extend(
-                Fault(kind, retry_after, reset_in, status or default_status) for _ in range(count)
+                Fault(kind, retry_after, reset_in, status or default_status, path_contains)
+                for _ in range(count)
             )
 
     def add_delivery(
@@ -265,7 +269,9 @@ class FakeGitHub:
                         body,
                     )
                 )
-                fault = self._faults.pop(0) if self._faults else None
+                fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
+                if fault is not None:
+                    self._faults.remove(fault)
             if fault is not None:
                 return self._fault(fault)
             auth = request.headers.get("authorization", "")
