@@ -20,6 +20,7 @@ import pytest
 from deployments.engine import ContainerEngine
 from deployments.engine_base import ensure_base_image
 from deployments.engine_registry import Registry
+from deployments.processes import port_is_free
 
 HOST = "127.0.0.1"
 SPARE_PORTS = 4
@@ -78,18 +79,18 @@ def registry(tmp_path_factory: pytest.TempPathFactory, registry_ports: list[int]
 
 @pytest.fixture
 def spare_registry_port(registry_ports: list[int]) -> Callable[[], int]:
-    """Hands out the reserved ports no registry uses yet (the engine trusts them)."""
+    """Hands out reserved ports (the engine trusts them) that nothing listens on right now."""
+    given: set[int] = set()
 
     def take() -> int:
         for port in registry_ports[1:]:
-            with socket.socket() as sock:
-                try:
-                    sock.bind((HOST, port))
-                except OSError:
-                    continue
-            registry_ports.remove(port)
+            if port in given:
+                continue
+            if not port_is_free(HOST, port):
+                continue
+            given.add(port)
             return port
-        pytest.fail("no reserved registry port left; raise SPARE_PORTS")
+        pytest.fail("no reserved registry port is free; raise SPARE_PORTS")
 
     return take
 

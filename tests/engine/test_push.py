@@ -1,0 +1,190 @@
+"""Pushing built images to a real registry: digests, retries, authentication, forks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+from prefect_docker import DockerRegistryCredentials
+from pydantic import SecretStr
+
+from clients.registry import MANIFEST_TYPES
+from deployments.engine_registry import Registry
+from flows.config import Image
+from flows.images import ForkPushRefused, build_all, push_all, push_images
+from flows.results import StageResult, StageStatus
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+
+@pytest.fixture
+def built(tmp_path: Path, container_engine: str, busybox_image: str) -> StageResult:
+    # Content unique to the test, so every push uploads a new manifest.
+    (tmp_path / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo {tmp_path.name} > /id\n")
+    result = build_all(tmp_path, [Image(name="api")], "c0ffee", container_engine, "acme/shop")
+    assert result.status == StageStatus.PASSED, result.detail
+    return result
+
+
+@pytest.fixture
+def retry_log(caplog: pytest.LogCaptureFixture) -> Iterator[logging.Logger]:
+    with caplog.at_level(logging.INFO, logger="test.push"):
+        yield logging.getLogger("test.push")
+
+
+def _registry_digest(address: str, name: str, tag: str, auth: httpx.Auth | None = None) -> str:
+    response = httpx.head(
+        f"http://{address}/v2/{name}/manifests/{tag}",
+        headers={"Accept": MANIFEST_TYPES},
+        auth=auth,
+        timeout=10,
+    )
+    assert response.status_code == 200
+    return str(response.headers["Docker-Content-Digest"])
+
+
+def _retries(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("retrying in" in r.getMessage() for r in caplog.records)
+
+
+def test_push_records_the_digest_the_registry_serves(built: StageResult, registry: str) -> None:
+    result = push_all(built, registry)
+    assert result.status == StageStatus.PASSED, result.detail
+    image = result.data["images"]["api"]
+    assert image["repository"] == f"{registry}/acme/shop/api"
+    assert image["ref"] == f"{registry}/acme/shop/api:c0ffee"
+    assert image["digest"] == _registry_digest(registry, "acme/shop/api", "c0ffee")
+    assert image["pinned"] == f"{registry}/acme/shop/api@{image['digest']}"
+
+
+class _StartOnFirstRetry(logging.Handler):
+    """Brings the registry up when the push step announces its first retry."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying in" in record.getMessage() and not self.registry.is_up():
+            self.registry.start()
+
+
+def test_push_retries_while_the_registry_is_down_and_succeeds_when_it_comes_up(
+    built: StageResult,
+    tmp_path: Path,
+    spare_registry_port: Callable[[], int],
+    retry_log: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    late = Registry(tmp_path / "late-registry", spare_registry_port())
+    starter = _StartOnFirstRetry(late)
+    retry_log.addHandler(starter)
+    try:
+        started = time.monotonic()
+        result = push_all(
+            built, late.address, attempts=4, backoff=0.2, max_backoff=0.5, logger=retry_log
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        retry_log.removeHandler(starter)
+        late.stop(purge=True)
+    assert result.status == StageStatus.PASSED, result.detail
+    assert _retries(caplog) == 1, "the first attempt failed, the second reached the registry"
+    assert result.data["images"]["api"]["digest"].startswith("sha256:")
+    assert elapsed < 60
+
+
+def test_push_to_a_registry_that_stays_down_fails_after_bounded_attempts(
+    built: StageResult,
+    spare_registry_port: Callable[[], int],
+    retry_log: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address = f"127.0.0.1:{spare_registry_port()}"
+    result = push_all(built, address, attempts=2, backoff=0.1, max_backoff=0.1, logger=retry_log)
+    assert result.status == StageStatus.FAILED
+    assert "after 2 attempts" in result.detail
+    assert "connection refused" in result.detail
+    assert _retries(caplog) == 1
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path, spare_registry_port: Callable[[], int]) -> Iterator[str]:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"right-password", bcrypt.gensalt(rounds=5)).decode()
+    htpasswd.write_text(f"gantry:{hashed}\n")
+    server = Registry(tmp_path / "auth-registry", spare_registry_port(), htpasswd=htpasswd)
+    server.start()
+    try:
+        yield server.address
+    finally:
+        server.stop(purge=True)
+
+
+def _credentials(address: str, password: str) -> DockerRegistryCredentials:
+    return DockerRegistryCredentials(
+        username="gantry", password=SecretStr(password), registry_url=address
+    )
+
+
+@pytest.mark.parametrize("password", [None, "wrong-password"], ids=["anonymous", "wrong"])
+def test_push_refused_for_authentication_fails_at_once_with_a_clear_message(
+    built: StageResult,
+    auth_registry: str,
+    password: str | None,
+    retry_log: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    credentials = _credentials(auth_registry, password) if password else None
+    result = push_all(built, auth_registry, credentials, attempts=5, logger=retry_log)
+    assert result.status == StageStatus.FAILED
+    assert "api: the registry refused the credentials" in result.detail
+    assert _retries(caplog) == 0, "an authentication error is not retried"
+    assert "wrong-password" not in result.detail
+    assert "wrong-password" not in caplog.text
+
+
+def test_push_with_the_right_credentials_succeeds_and_reads_the_digest_with_them(
+    built: StageResult, auth_registry: str
+) -> None:
+    result = push_all(built, auth_registry, _credentials(auth_registry, "right-password"))
+    assert result.status == StageStatus.PASSED, result.detail
+    served = _registry_digest(
+        auth_registry, "acme/shop/api", "c0ffee", httpx.BasicAuth("gantry", "right-password")
+    )
+    assert result.data["images"]["api"]["digest"] == served
+
+
+def _catalog(address: str) -> list[str]:
+    response = httpx.get(f"http://{address}/v2/_catalog", timeout=10)
+    response.raise_for_status()
+    repositories: list[str] = response.json().get("repositories") or []
+    return repositories
+
+
+def test_a_fork_never_pushes(
+    built: StageResult, tmp_path: Path, spare_registry_port: Callable[[], int]
+) -> None:
+    empty = Registry(tmp_path / "fork-registry", spare_registry_port())
+    empty.start()
+    try:
+        with pytest.raises(ForkPushRefused, match="fork never pushes"):
+            push_all(built, empty.address, fork=True)
+        with pytest.raises(ForkPushRefused, match="fork never pushes"):
+            asyncio.run(push_images.fn(built, empty.address, fork=True))
+        assert _catalog(empty.address) == []
+    finally:
+        empty.stop(purge=True)
+
+
+def test_nothing_is_pushed_after_a_failed_build(registry: str) -> None:
+    failed = StageResult(name="build", status=StageStatus.FAILED, detail="boom")
+    result = push_all(failed, registry)
+    assert result.status == StageStatus.FAILED
+    assert result.detail == "the build failed"

@@ -1,0 +1,94 @@
+"""The sample service's image builds on the offline Python base, starts, and answers /healthz."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from deployments.processes import free_port
+from flows.config import Image
+from flows.images import build_all
+from flows.results import StageStatus
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample-service"
+
+
+@pytest.fixture
+def sample_checkout(tmp_path: Path) -> Path:
+    """The sample service as a checkout (its Dockerfile, .dockerignore and app)."""
+    if not (SAMPLE / "app" / "tasks_api").is_dir():
+        pytest.fail(f"the sample service app is missing under {SAMPLE}")
+    checkout = tmp_path / "sample-service"
+    shutil.copytree(SAMPLE, checkout, ignore=shutil.ignore_patterns(".*cache*", ".venv"))
+    (checkout / "tests" / "stray-file-in-context.txt").parent.mkdir(exist_ok=True)
+    (checkout / "tests" / "stray-file-in-context.txt").write_text("not for the image")
+    return checkout
+
+
+@pytest.fixture
+def started(docker_api: docker.DockerClient) -> Iterator[list[str]]:
+    ids: list[str] = []
+    yield ids
+    for container_id in ids:
+        docker_api.containers.get(container_id).remove(force=True)
+
+
+def _healthz(url: str, timeout: float) -> httpx.Response | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return None
+
+
+def test_sample_service_image_runs_as_non_root_and_answers_healthz(
+    sample_checkout: Path,
+    container_engine: str,
+    docker_api: docker.DockerClient,
+    python_base_image: str,
+    started: list[str],
+) -> None:
+    result = build_all(sample_checkout, [Image(name="tasks-api")], "s1", container_engine, "demo")
+    assert result.status == StageStatus.PASSED, result.detail
+    ref = result.data["images"]["tasks-api"]["ref"]
+    config = docker_api.images.get(ref).attrs["Config"]
+    assert config["User"] not in ("", "0", "root")
+    assert "8000/tcp" in config["ExposedPorts"]
+    listing = docker_api.containers.run(ref, ["ls", "/app"], remove=True).decode()
+    assert "tasks_api" in listing
+    assert "tests" not in listing.split(), ".dockerignore keeps tests out of the image"
+
+    port = free_port()
+    container = docker_api.containers.run(ref, detach=True, ports={"8000/tcp": ("127.0.0.1", port)})
+    started.append(container.id)
+    response = _healthz(f"http://127.0.0.1:{port}/healthz", timeout=20)
+    assert response is not None, docker_api.containers.get(container.id).logs().decode()[-2000:]
+    assert response.status_code == 200
+
+
+def test_base_image_is_made_once_and_reused(
+    docker_api: docker.DockerClient, python_base_image: str, tmp_path: Path
+) -> None:
+    from deployments.engine_base import ensure_base_image
+
+    before = docker_api.images.get(python_base_image).id
+    started_at = time.monotonic()
+    # An empty cache folder: re-use must come from the engine, not from a rebuild.
+    assert ensure_base_image(docker_api, cache_dir=tmp_path / "empty-cache") == python_base_image
+    assert time.monotonic() - started_at < 5
+    assert docker_api.images.get(python_base_image).id == before
+    assert not (tmp_path / "empty-cache").exists()
+    out = docker_api.containers.run(
+        python_base_image, ["python3", "-c", "import http.server, json; print('ok')"], remove=True
+    )
+    assert out.decode().strip() == "ok"
