@@ -9,10 +9,11 @@ back inside its response streams (not as exceptions), so every stream item is ch
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,6 +67,12 @@ class _TransientPushError(ImageError):
 
 def image_reference(prefix: str, repository_slug: str, name: str, tag: str) -> str:
     return f"{prefix}/{repository_slug}/{name}:{tag}"
+
+
+def _in_context() -> Callable[..., Any]:
+    # Each worker thread runs in a copy of the caller's context, so the run logger still knows
+    # its flow and task run (one copy per thread: a context cannot be entered twice at once).
+    return contextvars.copy_context().run
 
 
 def _inside(root: Path, relative: str, what: str) -> Path:
@@ -155,7 +162,9 @@ def build_all(
         refs = {i.name: image_reference(prefix, repository_slug, i.name, tag) for i in images}
         with ThreadPoolExecutor(max_workers=min(4, len(images))) as pool:
             futures = {
-                i.name: pool.submit(_build_one, client, checkout, i, refs[i.name], log)
+                i.name: pool.submit(
+                    _in_context(), _build_one, client, checkout, i, refs[i.name], log
+                )
                 for i in images
                 if not failures
             }
@@ -302,7 +311,9 @@ def push_all(
     policy = (max(1, attempts), backoff, max_backoff)
     with docker_client(host or None) as client, ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
-            name: pool.submit(_push_one, client, reader, registry, name, entry, auth, policy, log)
+            name: pool.submit(
+                _in_context(), _push_one, client, reader, registry, name, entry, auth, policy, log
+            )
             for name, entry in images.items()
         }
         for name, future in futures.items():
