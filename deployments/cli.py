@@ -27,6 +27,9 @@ app.add_typer(run_app, name="run")
 out = Console()
 err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+NoCacheFlag = Annotated[
+    bool, typer.Option("--no-cache", help="Run every step afresh instead of re-using results.")
+]
 
 STATUS_STYLE = {
     "passed": "green",
@@ -159,6 +162,7 @@ def run_pr(
     pr: Annotated[int | None, typer.Option(help="Pull request number.")] = None,
     head_ref: Annotated[str | None, typer.Option(help="Branch of the pull request.")] = None,
     fork: Annotated[bool, typer.Option(help="The head is a fork: no secrets, no push.")] = False,
+    no_cache: NoCacheFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the pull-request pipeline on one commit; exit 0 when it passed, 1 when it failed."""
@@ -174,6 +178,7 @@ def run_pr(
         "pr_number": pr,
         "head_ref": head_ref,
         "fork": fork,
+        "no_cache": no_cache,
     }
     trigger("pr", PR_DEPLOYMENT, parameters, as_json)
 

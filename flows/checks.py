@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
 
+from flows.cache import check_cache_key
 from flows.config import Checks
 from flows.logs import step_logger
 from flows.proc import run_argv, step_env
 from flows.results import StageResult, StageStatus, stage_state
 
 
-@task(name="check", cache_policy=NO_CACHE)
+@task(name="check", cache_key_fn=check_cache_key, persist_result=True)
 async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageResult]:
     """Run the ``stage`` command of ``[checks]`` inside the checkout; undeclared is skipped."""
     logger = step_logger(stage)
@@ -45,5 +46,7 @@ async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageR
             exit_code=result.exit_code,
             tail=result.tail,
             detail=detail,
+            # A later run that re-uses this result names the run it came from.
+            data={"flow_run_id": str(flow_run.get_id() or "")},
         )
     )

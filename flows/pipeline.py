@@ -76,6 +76,11 @@ async def run_stage(
         raise
     if isinstance(data, StageResult):
         result = data
+        if state.name == "Cached" and result.status == StageStatus.PASSED:
+            origin = str(result.data.get("flow_run_id") or "") or None
+            result = result.model_copy(
+                update={"status": StageStatus.CACHED, "cached_from": origin, "seconds": 0.0}
+            )
     else:
         # The task itself crashed or timed out before it could describe its outcome.
         status = StageStatus.CANCELLED if state.is_cancelled() else StageStatus.FAILED

@@ -18,15 +18,18 @@ from flows.results import StageResult, StageStatus
 
 
 def check_stage_calls(
-    config: GantryConfig, workspace: Path
+    config: GantryConfig, workspace: Path, no_cache: bool = False
 ) -> list[tuple[str, Awaitable[State[Any]]]]:
-    """The four check stages as (name, task call) pairs, ready for `run_stages`."""
+    """The four check stages as (name, task call) pairs, ready for `run_stages`.
+
+    ``no_cache`` runs every step afresh (and stores the new passing results).
+    """
     return [
         (
             stage,
             cast(
                 Awaitable[State[Any]],
-                run_check.with_options(name=stage, task_run_name=stage)(
+                run_check.with_options(name=stage, task_run_name=stage, refresh_cache=no_cache)(
                     stage, config.checks, workspace, return_state=True
                 ),
             ),
@@ -36,10 +39,10 @@ def check_stage_calls(
 
 
 def verification_stage_calls(
-    context: RunContext, config: GantryConfig, workspace: Path
+    context: RunContext, config: GantryConfig, workspace: Path, no_cache: bool = False
 ) -> list[tuple[str, Awaitable[State[Any]]]]:
     """Everything the PR pipeline verifies; the merge pipeline runs the same before it pushes."""
-    return check_stage_calls(config, workspace)
+    return check_stage_calls(config, workspace, no_cache)
 
 
 def failed_before_stages(stage: str, message: str) -> StageResult:
@@ -63,6 +66,7 @@ async def pr_pipeline(
     head_ref: str | None = None,
     fork: bool = False,
     repository_name: str | None = None,
+    no_cache: bool = False,
 ) -> State[PipelineSummary]:
     """Verify one commit of a pull request; Failed when any stage fails, naming them."""
     started = time.monotonic()
@@ -83,7 +87,7 @@ async def pr_pipeline(
             except ConfigError as exc:
                 return await finish(context, [failed_before_stages("config", str(exc))], started)
             stages = await run_stages(
-                verification_stage_calls(context, config, workspace), observers
+                verification_stage_calls(context, config, workspace, no_cache), observers
             )
     except CheckoutError as exc:
         return await finish(context, [failed_before_stages("checkout", str(exc))], started)

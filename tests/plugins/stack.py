@@ -25,7 +25,7 @@ def stack_environment(settings: StackSettings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     home: Path = tmp_path_factory.mktemp("gantry-home")
     settings = StackSettings(
@@ -40,7 +40,12 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(settings)
     try:
         stack.up()
-        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        # In-process flow runs keep their cached results in this session's state folder too.
+        updates = {
+            PREFECT_API_URL: settings.prefect_api_url,
+            PREFECT_LOCAL_STORAGE_PATH: settings.state_dir / "results",
+        }
+        with temporary_settings(updates=updates):
             yield stack
     finally:
         stack.down()
