@@ -1,0 +1,264 @@
+"""Pipeline progress on GitHub: a commit status per stage, and deployments with their statuses.
+
+Reporting never breaks a pipeline: each report is bounded in time, its failures are logged and
+dropped. Without credentials, reporting is off and says so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from prefect.settings import get_current_settings
+
+from blocks.github import DEFAULT_BLOCK_NAME, GitHubCredentials, load_github_credentials
+from clients.github import GitHubClient, RetryPolicy, truncate
+from clients.github_errors import GitHubError, redact
+from clients.github_models import CommitState
+from flows.results import StageResult, StageStatus
+
+logger = logging.getLogger("gantry.report")
+
+T = TypeVar("T")
+FinalDeploymentState = Literal["success", "failure", "error", "inactive"]
+
+# A report may wait for GitHub this long at most (retries and rate limits included), so a slow
+# or limited GitHub delays a stage by a bounded amount and never fails it.
+REPORT_POLICY = RetryPolicy(attempts=4, backoff=1.0, backoff_cap=8.0, max_wait=60.0)
+REPORT_TIMEOUT = 90.0
+# Stage details can quote tool output: only the first line goes to GitHub, and it is shortened.
+_DETAIL_LIMIT = 100
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
+
+
+def _flow_run_id() -> str | None:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    return str(context.flow_run.id)
+
+
+def flow_run_url(ui_url: str | None = None, flow_run_id: str | None = None) -> str | None:
+    """The Prefect UI page of the current (or given) flow run, or None when either is unknown."""
+    base = ui_url or get_current_settings().ui_url
+    run_id = flow_run_id or _flow_run_id()
+    if not base or not run_id:
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{run_id}"
+
+
+def _first_line(text: str) -> str:
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return truncate(redact(line), _DETAIL_LIMIT)
+
+
+def describe(result: StageResult) -> tuple[CommitState, str]:
+    """The GitHub commit state and short description for a finished stage."""
+    status = result.status
+    if status == StageStatus.PASSED:
+        return "success", f"passed in {result.seconds:.1f}s"
+    if status == StageStatus.CACHED:
+        return "success", "passed (cached result of an unchanged commit)"
+    if status == StageStatus.SKIPPED:
+        return "success", f"skipped: {_first_line(result.detail) or 'not configured'}"
+    if status == StageStatus.CANCELLED:
+        return "error", "cancelled"
+    if result.exit_code is not None:
+        reason = f"exit code {result.exit_code}"
+    else:
+        reason = _first_line(result.detail) or "failed"
+    return "failure", f"failed after {result.seconds:.1f}s: {reason}"
+
+
+class StatusReporter:
+    """Reports one pipeline run (repository, commit) to GitHub; a no-op without a client."""
+
+    def __init__(
+        self,
+        repository: str,
+        sha: str,
+        client: GitHubClient | None,
+        *,
+        ui_url: str | None = None,
+        flow_run_id: str | None = None,
+        context_prefix: str = "gantry",
+        timeout: float = REPORT_TIMEOUT,
+    ) -> None:
+        self.repository = repository
+        self.sha = sha
+        self.context_prefix = context_prefix
+        self.timeout = timeout
+        self._client = client
+        self._ui_url = ui_url
+        self._flow_run_id = flow_run_id
+        if client is None:
+            _run_logger().info("GitHub reporting is off: no credentials")
+
+    @classmethod
+    def from_credentials(
+        cls,
+        repository: str,
+        sha: str,
+        credentials: GitHubCredentials | None,
+        *,
+        policy: RetryPolicy = REPORT_POLICY,
+        **kwargs: Any,
+    ) -> StatusReporter:
+        if credentials is None:
+            return cls(repository, sha, None, **kwargs)
+        client = GitHubClient.from_credentials(credentials, policy=policy)
+        kwargs.setdefault("ui_url", credentials.ui_url)
+        return cls(repository, sha, client, **kwargs)
+
+    @classmethod
+    async def load(
+        cls,
+        repository: str,
+        sha: str,
+        *,
+        block_name: str | None = DEFAULT_BLOCK_NAME,
+        **kwargs: Any,
+    ) -> StatusReporter:
+        """From the saved GitHub block, else the GANTRY_GITHUB_* environment, else off."""
+        try:
+            credentials = await load_github_credentials(block_name)
+        except ValueError as exc:
+            _run_logger().warning("GitHub credentials are invalid: %s", exc)
+            credentials = None
+        return cls.from_credentials(repository, sha, credentials, **kwargs)
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    @property
+    def target_url(self) -> str | None:
+        return flow_run_url(self._ui_url, self._flow_run_id)
+
+    def context(self, stage: str) -> str:
+        return f"{self.context_prefix}/{stage}"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- commit statuses (the pipeline's StageObserver) ---------------------------------------
+
+    async def stage_started(self, stage: str) -> None:
+        await self._status(stage, "pending", "running")
+
+    async def stage_finished(self, stage: str, result: StageResult) -> None:
+        state, description = describe(result)
+        await self._status(stage, state, description)
+
+    async def _status(self, stage: str, state: CommitState, description: str) -> None:
+        client = self._client
+        if client is None:
+            return
+        context = self.context(stage)
+        await self._guarded(
+            f"commit status {context}={state}",
+            client.create_commit_status(
+                self.repository, self.sha, state, context, description, self.target_url
+            ),
+        )
+
+    # --- deployments --------------------------------------------------------------------------
+
+    async def deployment_started(
+        self,
+        environment: str,
+        ref: str,
+        *,
+        description: str | None = None,
+        payload: dict[str, Any] | None = None,
+        production: bool = False,
+        transient: bool = False,
+    ) -> int | None:
+        """Create a GitHub deployment marked in progress; its id, or None if not reported."""
+        client = self._client
+        if client is None:
+            return None
+        deployment = await self._guarded(
+            f"deployment to {environment}",
+            client.create_deployment(
+                self.repository,
+                ref,
+                environment,
+                payload=payload,
+                description=description,
+                production_environment=production,
+                transient_environment=transient,
+            ),
+        )
+        if deployment is None:
+            return None
+        await self._guarded(
+            f"deployment {deployment.id} in_progress",
+            client.create_deployment_status(
+                self.repository,
+                deployment.id,
+                "in_progress",
+                log_url=self.target_url,
+                description=f"deploying to {environment}",
+            ),
+        )
+        return deployment.id
+
+    async def deployment_finished(
+        self,
+        deployment_id: int | None,
+        state: FinalDeploymentState,
+        environment_url: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        client = self._client
+        if client is None or deployment_id is None:
+            return
+        await self._guarded(
+            f"deployment {deployment_id} {state}",
+            client.create_deployment_status(
+                self.repository,
+                deployment_id,
+                state,
+                environment_url=environment_url,
+                log_url=self.target_url,
+                description=_first_line(description) if description else None,
+            ),
+        )
+
+    async def _guarded(self, what: str, call: Awaitable[T]) -> T | None:
+        """Await one report within the time bound; log and swallow any failure."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except TimeoutError:
+            _run_logger().warning(
+                "could not report %s to GitHub: no answer within %.0fs", what, self.timeout
+            )
+        except (GitHubError, ValueError) as exc:
+            _run_logger().warning("could not report %s to GitHub: %s", what, exc)
+        return None
