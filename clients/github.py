@@ -1,18 +1,13 @@
 """Gantry's GitHub REST client: commit statuses, deployments, webhook deliveries.
 
-Retries are bounded: 5xx answers and connection errors retry with jittered backoff, rate limits
-wait as GitHub asks, and one call never sleeps longer than ``RetryPolicy.max_wait`` in total.
-Other 4xx answers raise at once. Every error is a ``GitHubError``; no message carries a token.
+Every error is a ``GitHubError`` (see ``clients.github_errors``); no message carries a token.
+Retry and rate-limit bounds are in ``clients.github_http``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import secrets
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -26,14 +21,10 @@ from clients.github_auth import AppAuth, GitHubAuth, TokenAuth
 from clients.github_errors import (
     GitHubAuthError,
     GitHubConflictError,
-    GitHubError,
-    GitHubForbiddenError,
     GitHubNotFoundError,
     GitHubProtocolError,
-    GitHubRateLimited,
-    GitHubUnavailable,
-    GitHubValidationError,
 )
+from clients.github_http import API_VERSION, GitHubHTTP, RetryPolicy, error_message
 from clients.github_models import (
     CommitState,
     CommitStatus,
@@ -44,31 +35,14 @@ from clients.github_models import (
     InstallationToken,
 )
 
+__all__ = ["API_VERSION", "GitHubClient", "RetryPolicy", "truncate"]
+
 logger = logging.getLogger("gantry.github")
 
-API_VERSION = "2022-11-28"
 DESCRIPTION_LIMIT = 140
 MAX_PER_PAGE = 100
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_random = secrets.SystemRandom()
 M = TypeVar("M", CommitStatus, Deployment, DeploymentStatus, HookDelivery, InstallationToken)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long one call may keep trying. Tests shrink every number."""
-
-    # Tries in all for 5xx answers and connection errors.
-    attempts: int = 4
-    # First backoff ceiling in seconds, doubled per retry, capped; the sleep is drawn below it.
-    backoff: float = 0.5
-    backoff_cap: float = 10.0
-    # Total seconds one call may spend sleeping, rate-limit waits included.
-    max_wait: float = 300.0
-    # Secondary rate limit without retry-after: GitHub asks for at least a minute.
-    secondary_min_wait: float = 60.0
-    # Added to a primary limit's reset time: our clock and GitHub's differ a little.
-    reset_slack: float = 1.0
 
 
 def truncate(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
@@ -87,33 +61,6 @@ def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
-def _error_message(response: httpx.Response) -> tuple[str, str | None, list[dict[str, Any]]]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        message = str(body.get("message") or response.reason_phrase)
-        doc = body.get("documentation_url")
-        errors = body.get("errors")
-        return (
-            message,
-            doc if isinstance(doc, str) else None,
-            [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
-        )
-    return response.reason_phrase or f"HTTP {response.status_code}", None, []
-
-
 class GitHubClient:
     """Async client for the REST endpoints Gantry uses. Use ``async with`` or call ``aclose``."""
 
@@ -126,20 +73,16 @@ class GitHubClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.policy = policy or RetryPolicy()
         self._auth = auth
-        self._http = httpx.AsyncClient(
-            base_url=self.api_url,
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
-            headers={
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": API_VERSION,
-                "User-Agent": "gantry",
-            },
-        )
+        self._http = GitHubHTTP(api_url, policy=policy, timeout=timeout, transport=transport)
+
+    @property
+    def api_url(self) -> str:
+        return self._http.api_url
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._http.policy
 
     @classmethod
     def from_credentials(
@@ -149,7 +92,8 @@ class GitHubClient:
         if credentials.token is not None:
             auth = TokenAuth(credentials.token)
         else:
-            assert credentials.app_id and credentials.private_key and credentials.installation_id
+            if not (credentials.app_id and credentials.private_key and credentials.installation_id):
+                raise ValueError("GitHub credentials have neither a token nor a complete App")
             auth = AppAuth(credentials.app_id, credentials.private_key, credentials.installation_id)
         return cls(auth, api_url=credentials.api_url, policy=policy, **kwargs)
 
@@ -218,7 +162,7 @@ class GitHubClient:
         path = f"{_repo_path(repo_full_name)}/deployments"
         response = await self._request("POST", path, json=body)
         if response.status_code == 202:
-            message, doc, _ = _error_message(response)
+            message, doc, _ = error_message(response)
             raise GitHubConflictError(
                 f"POST {path}: no deployment created: {message}",
                 status=202,
@@ -296,7 +240,7 @@ class GitHubClient:
     async def _exchange(self, installation_id: int, app_jwt: SecretStr) -> InstallationToken:
         path = f"/app/installations/{_seg(installation_id)}/access_tokens"
         try:
-            response = await self._send("POST", path, app_jwt)
+            response = await self._http.send("POST", path, app_jwt)
         except GitHubAuthError as exc:
             raise GitHubAuthError(
                 f"GitHub App installation token exchange refused: {exc.message}",
@@ -318,126 +262,14 @@ class GitHubClient:
     ) -> httpx.Response:
         token = await self._auth.bearer(self._exchange)
         try:
-            return await self._send(method, path, token, json=json, params=params)
+            return await self._http.send(method, path, token, json=json, params=params)
         except GitHubAuthError as exc:
             if exc.status != 401 or not self._auth.renewable:
                 raise
             # An installation token can be revoked before it expires: mint one more, once.
             self._auth.invalidate()
             token = await self._auth.bearer(self._exchange)
-            return await self._send(method, path, token, json=json, params=params)
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        bearer: SecretStr,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> httpx.Response:
-        policy = self.policy
-        headers = {"Authorization": f"Bearer {bearer.get_secret_value()}"}
-        waited = 0.0
-        failures = 0
-        secondary_hits = 0
-        while True:
-            try:
-                response = await self._http.request(
-                    method, path, json=json, params=params, headers=headers
-                )
-            except httpx.HTTPError as exc:
-                failures += 1
-                reason = f"{method} {path}: {type(exc).__name__}"
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
-                    raise GitHubUnavailable(
-                        f"{reason} after {failures} attempts ({self.api_url})"
-                    ) from exc
-                logger.info("GitHub %s; retrying in %.1fs", reason, delay)
-                await asyncio.sleep(delay)
-                waited += delay
-                continue
-            status = response.status_code
-            if status < 400:
-                return response
-            if status >= 500:
-                failures += 1
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
-                    message, doc, _ = _error_message(response)
-                    raise GitHubUnavailable(
-                        f"{method} {path}: HTTP {status} after {failures} attempts: {message}",
-                        status=status,
-                        documentation_url=doc,
-                    )
-                logger.info("GitHub %s %s: HTTP %d; retrying in %.1fs", method, path, status, delay)
-                await asyncio.sleep(delay)
-                waited += delay
-                continue
-            rate_wait = self._rate_limit_wait(response, secondary_hits)
-            if rate_wait is None:
-                raise self._error(method, path, response)
-            secondary_hits += 1
-            if waited + rate_wait > policy.max_wait:
-                message, doc, _ = _error_message(response)
-                raise GitHubRateLimited(
-                    f"{method} {path}: rate limited for {rate_wait:.0f}s more, over the "
-                    f"{policy.max_wait:.0f}s this call may wait: {message}",
-                    status=status,
-                    documentation_url=doc,
-                    retry_after=rate_wait,
-                )
-            logger.warning(
-                "GitHub rate limit on %s %s: waiting %.1fs", method, path, max(rate_wait, 0.0)
-            )
-            await asyncio.sleep(rate_wait)
-            waited += rate_wait
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (failures - 1))
-        # Jittered: stages retrying together must not hit GitHub in lockstep.
-        return _random.uniform(ceiling / 2, ceiling)
-
-    def _rate_limit_wait(self, response: httpx.Response, previous_hits: int) -> float | None:
-        """Seconds to wait before retrying, or None when the answer is not a rate limit."""
-        if response.status_code not in (403, 429):
-            return None
-        headers = response.headers
-        message, _, _ = _error_message(response)
-        secondary = "secondary rate limit" in message.lower()
-        primary = headers.get("x-ratelimit-remaining") == "0"
-        retry_after = _retry_after_seconds(response)
-        if retry_after is not None:
-            return retry_after
-        if primary:
-            try:
-                reset = float(headers.get("x-ratelimit-reset", ""))
-            except ValueError:
-                reset = time.time() + self.policy.secondary_min_wait
-            return max(reset - time.time(), 0.0) + self.policy.reset_slack
-        if secondary or response.status_code == 429 or "rate limit" in message.lower():
-            return float(self.policy.secondary_min_wait * 2**previous_hits)
-        return None
-
-    def _error(self, method: str, path: str, response: httpx.Response) -> GitHubError:
-        status = response.status_code
-        message, doc, errors = _error_message(response)
-        text = f"{method} {path}: HTTP {status}: {message}"
-        if errors:
-            details = "; ".join(str(e.get("message") or e.get("code") or e) for e in errors)
-            text = f"{text} ({details})"
-        if status == 401:
-            return GitHubAuthError(text, status=status, documentation_url=doc)
-        if status == 403:
-            return GitHubForbiddenError(text, status=status, documentation_url=doc)
-        if status == 404:
-            return GitHubNotFoundError(text, status=status, documentation_url=doc)
-        if status == 409:
-            return GitHubConflictError(text, status=status, documentation_url=doc)
-        if status in (400, 422):
-            return GitHubValidationError(text, status=status, documentation_url=doc, errors=errors)
-        return GitHubError(text, status=status, documentation_url=doc)
+            return await self._http.send(method, path, token, json=json, params=params)
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

@@ -168,6 +168,15 @@ async def test_rate_limit_longer_than_the_bound_raises_without_waiting(
     assert len(github_api.requests) == 1
 
 
+async def test_endless_zero_second_rate_limits_still_end(github_api: FakeGitHub) -> None:
+    github_api.fail_next(20, "secondary_rate_limit", retry_after=0)
+    async with client_for(github_api) as client:
+        with pytest.raises(GitHubRateLimited):
+            await client.create_commit_status(REPO, SHA, "success", "gantry/lint")
+
+    assert len(github_api.requests) == FAST.attempts + 1
+
+
 async def test_secondary_rate_limit_without_retry_after_waits_at_least_the_minimum(
     github_api: FakeGitHub,
 ) -> None:
