@@ -211,7 +211,12 @@ def _check_stream(items: Iterable[dict[str, Any]], logger: StepLogger, name: str
 def _raise_push_error(name: str, message: str) -> NoReturn:
     message = message.strip()
     if AUTH_ERROR.search(message):
-        raise PushAuthError(f"{name}: the registry refused the credentials: {message}")
+        # The engine's message chains every layer; the root cause is its last part.
+        cause = message.rsplit(": ", 2)[-2:]
+        raise PushAuthError(
+            f"{name}: the registry refused the credentials ({': '.join(cause)}); check the "
+            f"registry credentials block. Engine said: {message}"
+        )
     if TRANSIENT_ERROR.search(message):
         raise _TransientPushError(f"{name}: {message}")
     raise ImageError(f"{name}: push failed: {message}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import State
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
@@ -23,12 +25,17 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 @flow(name="image-steps-under-test")
 async def _build_then_push(checkout: Path, docker_host: str, registry: str) -> dict[str, Any]:
-    built_state = await build_images(
-        checkout, [Image(name="api")], "t4sk", docker_host, "acme", return_state=True
+    built_state = await cast(
+        Awaitable[State[StageResult]],
+        build_images(checkout, [Image(name="api")], "t4sk", docker_host, "acme", return_state=True),
     )
-    built: StageResult = await built_state.aresult(raise_on_failure=False)
-    pushed_state = await push_images(built, registry, docker_host=docker_host, return_state=True)
-    pushed: StageResult = await pushed_state.aresult(raise_on_failure=False)
+    built = await built_state.aresult(raise_on_failure=False)
+    assert isinstance(built, StageResult)
+    pushed_state = await cast(
+        Awaitable[State[StageResult]],
+        push_images(built, registry, docker_host=docker_host, return_state=True),
+    )
+    pushed = await pushed_state.aresult(raise_on_failure=False)
     return {"built": built, "pushed": pushed, "flow_run_id": str(flow_run.id)}
 
 
@@ -73,8 +80,11 @@ def test_a_failed_build_task_ends_failed_with_the_instruction_in_its_message(
 
     @flow(name="failing-build-under-test")
     async def failing() -> tuple[bool, str | None]:
-        state = await build_images(
-            tmp_path, [Image(name="api")], "t5", container_engine, "acme", return_state=True
+        state = await cast(
+            Awaitable[State[StageResult]],
+            build_images(
+                tmp_path, [Image(name="api")], "t5", container_engine, "acme", return_state=True
+            ),
         )
         return state.is_failed(), state.message
 

@@ -11,6 +11,7 @@ import docker
 import httpx
 import pytest
 
+from deployments.engine_base import ensure_base_image
 from deployments.processes import free_port
 from flows.config import Image
 from flows.images import build_all
@@ -41,6 +42,17 @@ def started(docker_api: docker.DockerClient) -> Iterator[list[str]]:
         docker_api.containers.get(container_id).remove(force=True)
 
 
+def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
+    # Not `run(remove=True)`: with Podman the auto-removal races the wait for the exit code.
+    container = client.containers.run(image, command, detach=True)
+    try:
+        status = container.wait(timeout=60)
+        assert status["StatusCode"] == 0, container.logs().decode()
+        return str(container.logs().decode())
+    finally:
+        container.remove(force=True)
+
+
 def _healthz(url: str, timeout: float) -> httpx.Response | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,7 +76,7 @@ def test_sample_service_image_runs_as_non_root_and_answers_healthz(
     config = docker_api.images.get(ref).attrs["Config"]
     assert config["User"] not in ("", "0", "root")
     assert "8000/tcp" in config["ExposedPorts"]
-    listing = docker_api.containers.run(ref, ["ls", "/app"], remove=True).decode()
+    listing = _output(docker_api, ref, ["ls", "/app"])
     assert "tasks_api" in listing
     assert "tests" not in listing.split(), ".dockerignore keeps tests out of the image"
 
@@ -79,8 +91,6 @@ def test_sample_service_image_runs_as_non_root_and_answers_healthz(
 def test_base_image_is_made_once_and_reused(
     docker_api: docker.DockerClient, python_base_image: str, tmp_path: Path
 ) -> None:
-    from deployments.engine_base import ensure_base_image
-
     before = docker_api.images.get(python_base_image).id
     started_at = time.monotonic()
     # An empty cache folder: re-use must come from the engine, not from a rebuild.
@@ -88,7 +98,5 @@ def test_base_image_is_made_once_and_reused(
     assert time.monotonic() - started_at < 5
     assert docker_api.images.get(python_base_image).id == before
     assert not (tmp_path / "empty-cache").exists()
-    out = docker_api.containers.run(
-        python_base_image, ["python3", "-c", "import http.server, json; print('ok')"], remove=True
-    )
-    assert out.decode().strip() == "ok"
+    check = "import http.server, json; print('ok')"
+    assert _output(docker_api, python_base_image, ["python3", "-c", check]).strip() == "ok"
