@@ -75,6 +75,14 @@ def _in_context() -> Callable[..., Any]:
     return contextvars.copy_context().run
 
 
+def _connect(docker_host: str | None) -> docker.DockerClient:
+    try:
+        return docker_client(docker_host)
+    except DockerException as exc:
+        where = docker_host or "DOCKER_HOST"
+        raise ImageError(f"the container engine at {where} cannot be reached: {exc}") from exc
+
+
 def _inside(root: Path, relative: str, what: str) -> Path:
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
@@ -82,10 +90,12 @@ def _inside(root: Path, relative: str, what: str) -> Path:
     return path
 
 
-def _needs_local_base(dockerfile: Path) -> bool:
+def _needs_local_base(checkout: Path, image: Image) -> bool:
     try:
+        context = _inside(checkout, image.context, "context")
+        dockerfile = _inside(context, image.dockerfile, "dockerfile")
         return BASE_IMAGE in dockerfile.read_text(errors="replace")
-    except OSError:
+    except (ImageError, OSError):
         return False
 
 
@@ -153,9 +163,13 @@ def build_all(
     prefix = registry or LOCAL_PREFIX
     built: dict[str, dict[str, str]] = {}
     failures: list[str] = []
-    with docker_client(docker_host) as client:
+    try:
+        connected = _connect(docker_host)
+    except ImageError as exc:
+        return StageResult(name="build", status=StageStatus.FAILED, detail=str(exc))
+    with connected as client:
         try:
-            if any(_needs_local_base(checkout / i.context / i.dockerfile) for i in images):
+            if any(_needs_local_base(checkout, i) for i in images):
                 ensure_base_image(client)
         except BaseImageError as exc:
             failures.append(f"base image: {exc}")
@@ -314,7 +328,11 @@ def push_all(
     pushed: dict[str, dict[str, str]] = {}
     failures: list[str] = []
     policy = (max(1, attempts), backoff, max_backoff)
-    with docker_client(host or None) as client, ThreadPoolExecutor(max_workers=4) as pool:
+    try:
+        connected = _connect(host or None)
+    except ImageError as exc:
+        return StageResult(name="push", status=StageStatus.FAILED, detail=str(exc))
+    with connected as client, ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
             name: pool.submit(
                 _in_context(), _push_one, client, reader, registry, name, entry, auth, policy, log

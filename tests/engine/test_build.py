@@ -117,3 +117,11 @@ def test_an_invalid_repository_slug_fails_before_building(
     result = build_all(tmp_path, [Image(name="api")], "abc", container_engine, "Acme/Shop")
     assert result.status == StageStatus.FAILED
     assert "'Acme/Shop'" in result.detail
+
+
+def test_an_unreachable_engine_fails_the_stage_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    host = f"unix://{tmp_path}/no-engine.sock"
+    result = build_all(tmp_path, [Image(name="api")], "abc", host, "acme")
+    assert result.status == StageStatus.FAILED
+    assert f"the container engine at {host} cannot be reached" in result.detail
