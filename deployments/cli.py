@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deployments.processes import StackError
-from deployments.settings import PR_DEPLOYMENT, StackSettings, prefect_env
+from deployments.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, StackSettings, prefect_env
 
 app = typer.Typer(
     help="Gantry: pull-request, merge and release pipelines on Prefect.",
@@ -181,6 +181,34 @@ def run_pr(
         "no_cache": no_cache,
     }
     trigger("pr", PR_DEPLOYMENT, parameters, as_json)
+
+
+@run_app.command("merge")
+def run_merge(
+    repo: Annotated[str, typer.Option(help="Path or clone URL of the repository.")],
+    sha: Annotated[str, typer.Option(help="Merged commit (a ref or short SHA for a path).")],
+    ref: Annotated[str, typer.Option(help="Branch that was merged into.")] = "main",
+    repository_name: Annotated[
+        str | None, typer.Option("--name", help="owner/name, for image and record names.")
+    ] = None,
+    no_cache: NoCacheFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the merge pipeline: verify, push by digest, deploy to staging, E2E."""
+    from deployments.runs import RunError, resolve_target
+
+    try:
+        repository, full_sha = resolve_target(repo, sha)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    parameters = {
+        "repository": repository,
+        "sha": full_sha,
+        "ref": ref,
+        "repository_name": repository_name,
+        "no_cache": no_cache,
+    }
+    trigger("merge", MERGE_DEPLOYMENT, parameters, as_json)
 
 
 @app.command()

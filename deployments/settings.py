@@ -28,6 +28,9 @@ class StackSettings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     webhook_port: int = Field(default=8787, ge=1, le=65535)
     registry_port: int = Field(default=5000, ge=1, le=65535)
+    # Local deploy targets: each environment's service answers on its own loopback port.
+    staging_port: int = Field(default=8801, ge=1, le=65535)
+    production_port: int = Field(default=8802, ge=1, le=65535)
     work_pool: str = WORK_POOL
 
     @property

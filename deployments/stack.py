@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployments.engine import ContainerEngine
+from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
 from deployments.processes import ManagedProcess, StackError, wait_until
 from deployments.settings import StackSettings
@@ -35,7 +37,7 @@ def worker_env(settings: StackSettings) -> dict[str, str]:
     env["GANTRY_HOME"] = str(settings.state_dir)
     env["GANTRY_PROJECT_DIR"] = str(PROJECT_DIR)
     env["GANTRY_WORK_POOL"] = settings.work_pool
-    for key in ("prefect_port", "webhook_port", "registry_port"):
+    for key in ("prefect_port", "webhook_port", "registry_port", "staging_port", "production_port"):
         env[f"GANTRY_{key.upper()}"] = str(getattr(settings, key))
     # Steps resolve `python`, `ruff`, `pytest` ... from the environment Gantry is installed in.
     bin_dir = str(Path(venv_bin("prefect")).parent)
@@ -50,6 +52,12 @@ class Stack:
         self.settings = settings or StackSettings()
         self.server = PrefectServer(self.settings)
         self.worker = ManagedProcess("worker", self.settings.state_dir / "run")
+        self.registry = Registry(
+            self.settings.state_dir / "registry", self.settings.registry_port, self.settings.host
+        )
+        self.engine = ContainerEngine(
+            self.settings.state_dir / "podman", insecure_registries=[self.registry.address]
+        )
 
     # -- work pool and deployments -------------------------------------------------------
     async def _ensure_work_pool(self) -> None:
@@ -98,6 +106,10 @@ class Stack:
     # -- lifecycle -------------------------------------------------------------------------
     def up(self, progress: Progress = _quiet) -> list[PartStatus]:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        progress("starting the container registry")
+        self.registry.start()
+        progress("starting the container engine (Podman's Docker API)")
+        self.engine.start()
         progress("starting the Prefect server")
         self.server.start()
         progress("creating the work pool")
@@ -128,6 +140,10 @@ class Stack:
             stopped.append("worker")
         if self.server.stop():
             stopped.append("prefect-server")
+        if self.engine.stop():
+            stopped.append("engine")
+        if self.registry.stop():
+            stopped.append("registry")
         return stopped
 
     def _worker_polling(self) -> bool:
@@ -145,6 +161,8 @@ class Stack:
                 self.worker.running(),
                 f"pool {s.work_pool}",
             ),
+            PartStatus("engine", self.engine.docker_host, self.engine.is_up()),
+            PartStatus("registry", self.registry.url, self.registry.is_up()),
         ]
 
     def is_up(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -61,14 +62,19 @@ async def _notify(observers: Sequence[StageObserver], method: str, *args: Any) -
             logger.exception("stage observer %s.%s failed", type(observer).__name__, method)
 
 
+# A stage task called with ``return_state=True``: a coroutine at run time, though Prefect's
+# type hints describe it as the State itself.
+StageCall = Awaitable[State[Any]] | State[Any]
+
+
 async def run_stage(
-    name: str, call: Awaitable[State[Any]], observers: Sequence[StageObserver] = ()
+    name: str, call: StageCall, observers: Sequence[StageObserver] = ()
 ) -> StageResult:
     """Await one stage task (called with ``return_state=True``) and turn its state into a result."""
     await _notify(observers, "stage_started", name)
     started = time.monotonic()
     try:
-        state = await call
+        state = await call if inspect.isawaitable(call) else call
         data = await state.aresult(raise_on_failure=False)
     except asyncio.CancelledError:
         result = StageResult(name=name, status=StageStatus.CANCELLED, detail="cancelled")
@@ -93,7 +99,7 @@ async def run_stage(
 
 
 async def run_stages(
-    stages: Sequence[tuple[str, Awaitable[State[Any]]]],
+    stages: Sequence[tuple[str, StageCall]],
     observers: Sequence[StageObserver] = (),
 ) -> list[StageResult]:
     """Run independent stages concurrently; every stage reports, whatever the others do."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, cast
 
 from prefect import flow
 from prefect.client.schemas.objects import State
@@ -13,13 +11,16 @@ from prefect.client.schemas.objects import State
 from flows.checkout import CheckoutError, checkout
 from flows.checks import run_check
 from flows.config import CHECK_STAGES, ConfigError, GantryConfig, load_config
-from flows.pipeline import PipelineSummary, RunContext, StageObserver, finish, run_stages
-from flows.results import StageResult, StageStatus
+from flows.identity import repository_slug
+from flows.images import build_images
+from flows.pipeline import PipelineSummary, RunContext, StageCall, StageObserver, finish, run_stages
+from flows.results import StageResult, StageStatus, stage_state
+from flows.runtime import docker_host, registry_address
 
 
 def check_stage_calls(
     config: GantryConfig, workspace: Path, no_cache: bool = False
-) -> list[tuple[str, Awaitable[State[Any]]]]:
+) -> list[tuple[str, StageCall]]:
     """The four check stages as (name, task call) pairs, ready for `run_stages`.
 
     ``no_cache`` runs every step afresh (and stores the new passing results).
@@ -27,22 +28,46 @@ def check_stage_calls(
     return [
         (
             stage,
-            cast(
-                Awaitable[State[Any]],
-                run_check.with_options(name=stage, task_run_name=stage, refresh_cache=no_cache)(
-                    stage, config.checks, workspace, return_state=True
-                ),
+            run_check.with_options(name=stage, task_run_name=stage, refresh_cache=no_cache)(
+                stage, config.checks, workspace, return_state=True
             ),
         )
         for stage in CHECK_STAGES
     ]
 
 
+def build_stage_call(
+    context: RunContext, config: GantryConfig, workspace: Path
+) -> tuple[str, StageCall]:
+    """Build every [[images]] entry, tagged with the commit SHA (skipped when none are declared)."""
+    if not config.images:
+        skipped = StageResult(name="build", status=StageStatus.SKIPPED, detail="no [[images]]")
+        return ("build", _already(skipped))
+    call = build_images.with_options(task_run_name="build")(
+        workspace,
+        config.images,
+        context.sha,
+        docker_host(),
+        repository_slug(context.repository, context.repository_name),
+        registry_address(),
+        return_state=True,
+    )
+    return ("build", call)
+
+
+async def _already(result: StageResult) -> State[StageResult]:
+    """A stage decided without running anything, in the same shape as a task's state."""
+    return stage_state(result)
+
+
 def verification_stage_calls(
     context: RunContext, config: GantryConfig, workspace: Path, no_cache: bool = False
-) -> list[tuple[str, Awaitable[State[Any]]]]:
+) -> list[tuple[str, StageCall]]:
     """Everything the PR pipeline verifies; the merge pipeline runs the same before it pushes."""
-    return check_stage_calls(config, workspace, no_cache)
+    return [
+        *check_stage_calls(config, workspace, no_cache),
+        build_stage_call(context, config, workspace),
+    ]
 
 
 def failed_before_stages(stage: str, message: str) -> StageResult:

@@ -20,6 +20,8 @@ def stack_environment(settings: StackSettings) -> dict[str, str]:
         "GANTRY_PREFECT_PORT": str(settings.prefect_port),
         "GANTRY_WEBHOOK_PORT": str(settings.webhook_port),
         "GANTRY_REGISTRY_PORT": str(settings.registry_port),
+        "GANTRY_STAGING_PORT": str(settings.staging_port),
+        "GANTRY_PRODUCTION_PORT": str(settings.production_port),
     }
 
 
@@ -33,6 +35,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prefect_port=free_port(),
         webhook_port=free_port(),
         registry_port=free_port(),
+        staging_port=free_port(),
+        production_port=free_port(),
     )
     env = stack_environment(settings)
     saved = {key: os.environ.get(key) for key in env}

@@ -1,0 +1,142 @@
+"""The merge pipeline: verify as for a PR, push by digest, deploy to staging, E2E, candidate."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+
+from flows.checkout import CheckoutError, checkout
+from flows.config import ConfigError, GantryConfig, load_config
+from flows.deploy import deploy_images, deploy_lock
+from flows.e2e import run_against
+from flows.identity import repository_slug
+from flows.images import push_images
+from flows.pipeline import PipelineSummary, RunContext, StageObserver, finish, run_stage, run_stages
+from flows.pr import failed_before_stages, verification_stage_calls
+from flows.records import ReleaseCandidate, record_candidate
+from flows.results import StageResult, StageStatus
+from flows.runtime import docker_host, registry_address
+from flows.targets import DeployRequest
+
+AFTER_VERIFY = ("push", "deploy-staging", "e2e")
+
+
+def not_reached(names: tuple[str, ...], why: str) -> list[StageResult]:
+    return [StageResult(name=n, status=StageStatus.SKIPPED, detail=why) for n in names]
+
+
+def merge_run_name() -> str:
+    params = flow_run.parameters
+    return f"merge-{params.get('ref') or 'main'}-{str(params.get('sha', ''))[:7]}"
+
+
+async def _deliver(
+    context: RunContext,
+    config: GantryConfig,
+    workspace: Path,
+    verified: list[StageResult],
+    observers: list[StageObserver],
+) -> tuple[list[StageResult], dict[str, Any]]:
+    """Push, deploy to staging and run E2E; returns their stages and the facts for the summary."""
+    slug = repository_slug(context.repository, context.repository_name)
+    build = next(s for s in verified if s.name == "build")
+    if build.status != StageStatus.PASSED:
+        return not_reached(AFTER_VERIFY, "no images were built"), {}
+    push = await run_stage(
+        "push",
+        push_images.with_options(task_run_name="push")(
+            build, registry_address(), None, docker_host(), context.fork, return_state=True
+        ),
+        observers,
+    )
+    if push.status != StageStatus.PASSED:
+        return [push, *not_reached(AFTER_VERIFY[1:], "push failed")], {}
+    images = {name: entry["pinned"] for name, entry in push.data.get("images", {}).items()}
+    data: dict[str, Any] = {"images": images}
+    request = DeployRequest(
+        repository_slug=slug,
+        environment="staging",
+        images=images,
+        image_specs=config.images,
+        manifests_dir=workspace / config.deploy.manifests if config.deploy else None,
+        commit_sha=context.sha,
+        timeout=config.deploy.timeout if config.deploy else 300.0,
+    )
+    async with deploy_lock(slug, "staging"):
+        deploy = await run_stage(
+            "deploy-staging",
+            deploy_images.with_options(task_run_name="deploy-staging")(request, return_state=True),
+            observers,
+        )
+        if deploy.status != StageStatus.PASSED:
+            return [push, deploy, *not_reached(("e2e",), "staging deploy failed")], data
+        url = str(deploy.data.get("url") or "")
+        data["staging_url"] = url
+        e2e = await run_stage(
+            "e2e",
+            run_against.with_options(task_run_name="e2e")(
+                "e2e", config.e2e, workspace, url, "staging", return_state=True
+            ),
+            observers,
+        )
+    if e2e.status == StageStatus.PASSED:
+        candidate = ReleaseCandidate(
+            id=f"rc-{context.sha[:12]}-{uuid.uuid4().hex[:6]}",
+            repository=context.repository,
+            repository_slug=slug,
+            repository_name=context.repository_name,
+            commit_sha=context.sha,
+            images=images,
+            flow_run_id=str(flow_run.get_id() or ""),
+            scan_summary=dict(
+                next((s.data.get("counts", {}) for s in verified if s.name == "scan"), {})
+            ),
+            staging_url=url,
+        )
+        await record_candidate(candidate)
+        data["release_candidate"] = candidate.id
+    else:
+        why = e2e.detail or "E2E did not pass"
+        data["release_candidate"] = None
+        data["not_a_candidate"] = why
+    return [push, deploy, e2e], data
+
+
+@flow(name="merge-pipeline", flow_run_name=merge_run_name, log_prints=True)
+async def merge_pipeline(
+    repository: str,
+    sha: str,
+    ref: str = "main",
+    repository_name: str | None = None,
+    no_cache: bool = False,
+) -> State[PipelineSummary]:
+    """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate."""
+    started = time.monotonic()
+    context = RunContext(
+        pipeline="merge", repository=repository, sha=sha, repository_name=repository_name, ref=ref
+    )
+    observers: list[StageObserver] = []
+    try:
+        async with checkout(repository, sha, name=f"merge-{sha[:12]}") as workspace:
+            try:
+                config = load_config(workspace)
+            except ConfigError as exc:
+                return await finish(context, [failed_before_stages("config", str(exc))], started)
+            verified = await run_stages(
+                verification_stage_calls(context, config, workspace, no_cache), observers
+            )
+            if any(s.status == StageStatus.FAILED for s in verified):
+                skipped = not_reached(AFTER_VERIFY, "verification failed")
+                return await finish(
+                    context, verified + skipped, started, {"release_candidate": None}
+                )
+            delivered, data = await _deliver(context, config, workspace, verified, observers)
+    except CheckoutError as exc:
+        return await finish(context, [failed_before_stages("checkout", str(exc))], started)
+    return await finish(context, verified + delivered, started, data)

@@ -1,0 +1,32 @@
+"""Where the steps of a run find the engine, the registry and each environment's target.
+
+Blocks saved on the Prefect server win; without them the local stack's defaults apply, so a
+fresh `gantry up` works with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+
+from deployments.settings import StackSettings
+from flows.deploy_local import LocalContainerTarget
+from flows.targets import DeployTarget
+
+
+def docker_host() -> str:
+    return os.environ.get("GANTRY_DOCKER_HOST") or StackSettings().docker_host
+
+
+def registry_address() -> str:
+    return os.environ.get("GANTRY_REGISTRY") or StackSettings().registry_address
+
+
+def local_target() -> LocalContainerTarget:
+    settings = StackSettings()
+    ports = {"staging": settings.staging_port, "production": settings.production_port}
+    return LocalContainerTarget(docker_host(), ports, host=settings.host)
+
+
+async def deploy_target(environment: str) -> DeployTarget:
+    """The target of ``environment``: local containers unless a cluster block names one."""
+    return local_target()
