@@ -187,8 +187,36 @@ class ContainerEngine:
                     timeout=120,
                     check=False,
                 )
+            unmount_under(self.state_dir)
             shutil.rmtree(self.state_dir, ignore_errors=True)
             shutil.rmtree(self.runroot, ignore_errors=True)
         else:
             self.socket.unlink(missing_ok=True)
+            # Runtime state and the storage's own mounts outlive the service only while
+            # containers (conmon) still use them; idle, they would pin the folder.
+            if not _in_use(self.runroot):
+                unmount_under(self.root)
+                shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount whatever is mounted below ``root``, deepest first (never delete through a mount)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = f"{root.resolve()}/"
+    targets = [fields[1] for fields in (line.split() for line in mounts) if len(fields) > 1]
+    for target in sorted({t for t in targets if t.startswith(prefix)}, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False, timeout=30)
+
+
+def _in_use(path: Path) -> bool:
+    """True when a running process names ``path`` on its command line (conmon does)."""
+    needle = str(path).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if needle in cmdline.read_bytes():
+                return True
+    return False

@@ -23,7 +23,7 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException, ImageNotFound
 
-from deployments.engine import EngineError
+from deployments.engine import EngineError, unmount_under
 from deployments.settings import StackSettings
 
 BASE_REPOSITORY = "localhost/gantry/python-base"
@@ -73,18 +73,6 @@ def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
     return DEFAULT_MIRROR
 
 
-def _unmount_under(root: Path) -> None:
-    # A failed debootstrap can leave /proc or /sys of the target mounted; never delete through them.
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return
-    targets = [line.split()[1] for line in mounts if len(line.split()) > 1]
-    for target in sorted(targets, reverse=True):
-        if target.startswith(f"{root}/"):
-            subprocess.run(["umount", "-l", target], capture_output=True, check=False, timeout=30)
-
-
 def build_rootfs_tar(destination: Path, mirror: str | None = None, timeout: float = 600.0) -> Path:
     """Run debootstrap and write the trimmed root file system as a tarball at ``destination``."""
     if shutil.which("debootstrap", path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")) is None:
@@ -127,7 +115,7 @@ def build_rootfs_tar(destination: Path, mirror: str | None = None, timeout: floa
             raise BaseImageError(f"packing the root file system failed: {packed.stderr.strip()}")
         partial.replace(destination)
     finally:
-        _unmount_under(rootfs)
+        unmount_under(rootfs)
         shutil.rmtree(work, ignore_errors=True)
     return destination
 

@@ -82,3 +82,19 @@ def test_registry_on_a_port_taken_by_another_program_is_a_clear_error(tmp_path: 
         with pytest.raises(RegistryError, match=f"port {port} on 127.0.0.1 is taken"):
             registry.start()
         assert not registry.process.running()
+
+
+def test_engine_stop_keeps_images_but_drops_idle_runtime_state(tmp_path: Path) -> None:
+    engine = ContainerEngine(tmp_path / "podman", insecure_registries=[])
+    try:
+        engine.start()
+        assert engine.runroot.exists()
+        assert f"{engine.root}/" in Path("/proc/mounts").read_text()
+        assert engine.stop()
+        assert not engine.runroot.exists(), "no container runs: nothing needs the runtime state"
+        mounts = Path("/proc/mounts").read_text()
+        assert f"{engine.root}/" not in mounts, "no storage mount pins the state folder"
+        assert (tmp_path / "podman" / "containers.conf").exists()
+        assert engine.start() == engine.docker_host, "a stopped engine starts again"
+    finally:
+        engine.stop(purge=True)
