@@ -134,15 +134,16 @@ class Stack:
                 raise StackError(f"the worker did not start:\n{self.worker.log_tail()}")
         return self.status()
 
-    def down(self) -> list[str]:
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop what `up` started; ``purge`` also deletes the engine's images and containers."""
         stopped = []
         if self.worker.stop():
             stopped.append("worker")
         if self.server.stop():
             stopped.append("prefect-server")
-        if self.engine.stop():
+        if self.engine.stop(purge=purge):
             stopped.append("engine")
-        if self.registry.stop():
+        if self.registry.stop(purge=purge):
             stopped.append("registry")
         return stopped
 

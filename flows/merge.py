@@ -17,7 +17,8 @@ from flows.deploy import deploy_images, deploy_lock
 from flows.e2e import run_against
 from flows.identity import repository_slug
 from flows.images import push_images
-from flows.pipeline import PipelineSummary, RunContext, StageObserver, finish, run_stage, run_stages
+from flows.observers import Observers, pipeline_observers
+from flows.pipeline import PipelineSummary, RunContext, finish, run_stage, run_stages
 from flows.pr import failed_before_stages, verification_stage_calls
 from flows.records import ReleaseCandidate, record_candidate
 from flows.results import StageResult, StageStatus
@@ -41,7 +42,7 @@ async def _deliver(
     config: GantryConfig,
     workspace: Path,
     verified: list[StageResult],
-    observers: list[StageObserver],
+    observers: Observers,
 ) -> tuple[list[StageResult], dict[str, Any]]:
     """Push, deploy to staging and run E2E; returns their stages and the facts for the summary."""
     slug = repository_slug(context.repository, context.repository_name)
@@ -53,7 +54,7 @@ async def _deliver(
         push_images.with_options(task_run_name="push")(
             build, registry_address(), None, docker_host(), context.fork, return_state=True
         ),
-        observers,
+        observers.stages,
     )
     if push.status != StageStatus.PASSED:
         return [push, *not_reached(AFTER_VERIFY[1:], "push failed")], {}
@@ -69,10 +70,14 @@ async def _deliver(
         timeout=config.deploy.timeout if config.deploy else 300.0,
     )
     async with deploy_lock(slug, "staging"):
+        github_deployment = await observers.deployment_started("staging", context.sha, False)
         deploy = await run_stage(
             "deploy-staging",
             deploy_images.with_options(task_run_name="deploy-staging")(request, return_state=True),
-            observers,
+            observers.stages,
+        )
+        await observers.deployment_finished(
+            github_deployment, deploy.ok, str(deploy.data.get("url") or "")
         )
         if deploy.status != StageStatus.PASSED:
             return [push, deploy, *not_reached(("e2e",), "staging deploy failed")], data
@@ -83,7 +88,7 @@ async def _deliver(
             run_against.with_options(task_run_name="e2e")(
                 "e2e", config.e2e, workspace, url, "staging", return_state=True
             ),
-            observers,
+            observers.stages,
         )
     if e2e.status == StageStatus.PASSED:
         candidate = ReleaseCandidate(
@@ -117,11 +122,18 @@ async def merge_pipeline(
     no_cache: bool = False,
 ) -> State[PipelineSummary]:
     """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate."""
-    started = time.monotonic()
     context = RunContext(
         pipeline="merge", repository=repository, sha=sha, repository_name=repository_name, ref=ref
     )
-    observers: list[StageObserver] = []
+    async with pipeline_observers(context) as observers:
+        return await _merge(context, no_cache, observers)
+
+
+async def _merge(
+    context: RunContext, no_cache: bool, observers: Observers
+) -> State[PipelineSummary]:
+    started = time.monotonic()
+    repository, sha = context.repository, context.sha
     try:
         async with checkout(repository, sha, name=f"merge-{sha[:12]}") as workspace:
             try:
@@ -129,7 +141,7 @@ async def merge_pipeline(
             except ConfigError as exc:
                 return await finish(context, [failed_before_stages("config", str(exc))], started)
             verified = await run_stages(
-                verification_stage_calls(context, config, workspace, no_cache), observers
+                verification_stage_calls(context, config, workspace, no_cache), observers.stages
             )
             if any(s.status == StageStatus.FAILED for s in verified):
                 skipped = not_reached(AFTER_VERIFY, "verification failed")

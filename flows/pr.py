@@ -13,6 +13,7 @@ from flows.checks import run_check
 from flows.config import CHECK_STAGES, ConfigError, GantryConfig, load_config
 from flows.identity import repository_slug
 from flows.images import build_images
+from flows.observers import pipeline_observers
 from flows.pipeline import PipelineSummary, RunContext, StageCall, StageObserver, finish, run_stages
 from flows.results import StageResult, StageStatus, stage_state
 from flows.runtime import docker_host, registry_address
@@ -94,7 +95,6 @@ async def pr_pipeline(
     no_cache: bool = False,
 ) -> State[PipelineSummary]:
     """Verify one commit of a pull request; Failed when any stage fails, naming them."""
-    started = time.monotonic()
     context = RunContext(
         pipeline="pr",
         repository=repository,
@@ -104,9 +104,16 @@ async def pr_pipeline(
         ref=head_ref,
         fork=fork,
     )
-    observers: list[StageObserver] = []
+    async with pipeline_observers(context) as observers:
+        return await _verify(context, no_cache, observers.stages)
+
+
+async def _verify(
+    context: RunContext, no_cache: bool, observers: list[StageObserver]
+) -> State[PipelineSummary]:
+    started = time.monotonic()
     try:
-        async with checkout(repository, sha, name=f"pr-{pr_number or 'x'}") as workspace:
+        async with checkout(context.repository, context.sha, name="pr") as workspace:
             try:
                 config = load_config(workspace)
             except ConfigError as exc:

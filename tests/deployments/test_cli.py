@@ -62,6 +62,7 @@ def test_run_pr_json_reports_every_stage_and_exits_0_when_it_passed(
         ("static", "passed"),
         ("unit", "passed"),
         ("integration", "passed"),
+        ("build", "skipped"),
     ]
     assert all(isinstance(s["seconds"], float) for s in report["stages"])
 
@@ -86,6 +87,7 @@ def test_run_pr_exits_1_and_names_the_failed_stage(
         "static": "skipped",
         "unit": "passed",
         "integration": "skipped",
+        "build": "skipped",
     }
 
 

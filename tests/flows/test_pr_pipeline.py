@@ -40,7 +40,10 @@ def test_all_stages_pass_and_the_summary_artifact_lists_them(
     sha = repo.commit({"gantry.toml": gantry_toml(lint=ok, static=ok, unit=ok, integration=ok)})
     state, summary = run_pr(repo, sha)
     assert state.is_completed()
-    assert statuses(summary) == dict.fromkeys(["lint", "static", "unit", "integration"], "passed")
+    assert statuses(summary) == {
+        **dict.fromkeys(["lint", "static", "unit", "integration"], "passed"),
+        "build": "skipped",  # no [[images]] declared: shown as skipped, not passed
+    }
 
     async def artifacts() -> list[Any]:
         async with get_client() as client:
@@ -69,6 +72,7 @@ def test_one_failing_stage_fails_the_run_and_the_others_still_report(
         "static": "passed",
         "unit": "failed",
         "integration": "passed",
+        "build": "skipped",
     }
     unit = next(s for s in summary.stages if s.name == "unit")
     assert unit.exit_code == 1

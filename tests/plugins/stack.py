@@ -52,7 +52,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with temporary_settings(updates=updates):
             yield stack
     finally:
-        stack.down()
+        # Purge: the engine's overlay storage cannot be removed as plain files afterwards.
+        stack.down(purge=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
