@@ -1,0 +1,35 @@
+terraform {
+  required_version = ">= 1.9"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "5.100.0"
+    }
+    kubernetes = {
+      source  = "hashicorp/kubernetes"
+      version = "~> 2.36.0"
+    }
+    helm = {
+      source  = "hashicorp/helm"
+      version = "~> 2.17.0"
+    }
+    datadog = {
+      source  = "DataDog/datadog"
+      version = "~> 3.50.0"
+    }
+    pagerduty = {
+      source  = "PagerDuty/pagerduty"
+      version = "~> 3.18.0"
+    }
+  }
+
+  # State of this environment alone: its own bucket, key and lock table, never shared with staging.
+  backend "s3" {
+    bucket         = "gantry-terraform-state-production"
+    key            = "gantry/production/terraform.tfstate"
+    region         = "eu-west-1"
+    dynamodb_table = "gantry-terraform-locks-production"
+    encrypt        = true
+  }
+}

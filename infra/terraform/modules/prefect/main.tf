@@ -1,0 +1,143 @@
+locals {
+  ha          = var.server_replicas > 1
+  server_name = "prefect-server"
+  # In-cluster address of the Prefect API, used by the worker and the webhook receiver.
+  api_url  = "http://${local.server_name}.${var.namespace}.svc.cluster.local:4200/api"
+  labels   = merge(var.tags, { "app.kubernetes.io/part-of" = "gantry", "gantry.dev/environment" = var.environment })
+  database = jsondecode(data.aws_secretsmanager_secret_version.database.secret_string)
+}
+
+resource "kubernetes_namespace_v1" "gantry" {
+  metadata {
+    name   = var.namespace
+    labels = local.labels
+  }
+}
+
+data "aws_secretsmanager_secret_version" "database" {
+  secret_id = var.database_secret_arn
+}
+
+data "aws_secretsmanager_secret_version" "webhook" {
+  secret_id = var.webhook_secret_arn
+}
+
+# The chart reads the whole connection URL from this Secret; the password never appears in values.
+resource "kubernetes_secret_v1" "database" {
+  metadata {
+    name      = "prefect-database"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = {
+    connection-string = format(
+      "postgresql+asyncpg://%s:%s@%s:%d/%s",
+      urlencode(local.database.username),
+      urlencode(local.database.password),
+      var.database_host,
+      var.database_port,
+      var.database_name,
+    )
+  }
+}
+
+resource "helm_release" "server" {
+  name       = local.server_name
+  namespace  = kubernetes_namespace_v1.gantry.metadata[0].name
+  repository = var.chart_repository
+  chart      = "prefect-server"
+  version    = var.chart_version
+  wait       = true
+  timeout    = 600
+
+  values = [yamlencode({
+    fullnameOverride = local.server_name
+    postgresql       = { enabled = false }
+    externalDatabase = {
+      existingSecret            = kubernetes_secret_v1.database.metadata[0].name
+      connectionStringSecretKey = "connection-string"
+    }
+    redis = { enabled = local.ha }
+    server = {
+      replicaCount = var.server_replicas
+      env = [
+        { name = "PREFECT_SERVER_ANALYTICS_ENABLED", value = "false" },
+      ]
+      resources = {
+        requests = { cpu = "500m", memory = "1Gi" }
+        limits   = { cpu = "1", memory = "2Gi" }
+      }
+    }
+    backgroundServices = { runAsSeparateDeployment = local.ha }
+  })]
+}
+
+resource "helm_release" "worker" {
+  name       = "prefect-worker"
+  namespace  = kubernetes_namespace_v1.gantry.metadata[0].name
+  repository = var.chart_repository
+  chart      = "prefect-worker"
+  version    = var.chart_version
+  wait       = true
+
+  values = [yamlencode({
+    fullnameOverride = "prefect-worker"
+    worker = {
+      replicaCount              = var.worker_replicas
+      apiConfig                 = "selfHostedServer"
+      # Gantry's image has tini but not the entrypoint script of Prefect's own image.
+      command = ["/usr/bin/tini", "-g", "--"]
+      selfHostedServerApiConfig = { apiUrl = local.api_url }
+      image = {
+        repository = var.gantry_image_repository
+        prefectTag = var.gantry_image_tag
+        pullPolicy = "IfNotPresent"
+      }
+      config = {
+        type          = "kubernetes"
+        workPool      = var.work_pool_name
+        installPolicy = "never"
+        baseJobTemplate = {
+          configuration = file(var.base_job_template_path)
+        }
+      }
+      extraEnvVars = [
+        { name = "PREFECT_SERVER_ANALYTICS_ENABLED", value = "false" },
+        { name = "GANTRY_ENVIRONMENT", value = var.environment },
+      ]
+    }
+  })]
+
+  depends_on = [helm_release.server]
+}
+
+# Gantry's webhook receiver: its Deployment, Service, Ingress, autoscaler and disruption budget
+# come from infra/k8s (kustomize overlays). This module provides what those manifests read,
+# so the secret reaches the cluster from Secrets Manager and never from a file in the repository.
+resource "kubernetes_secret_v1" "webhook" {
+  metadata {
+    name      = "gantry-webhook"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = {
+    GANTRY_WEBHOOK_SECRET = data.aws_secretsmanager_secret_version.webhook.secret_string
+  }
+}
+
+resource "kubernetes_config_map_v1" "receiver" {
+  metadata {
+    name      = "gantry-receiver"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = {
+    PREFECT_API_URL                  = local.api_url
+    PREFECT_SERVER_ANALYTICS_ENABLED = "false"
+    DO_NOT_TRACK                     = "1"
+    GANTRY_ENVIRONMENT               = var.environment
+  }
+}

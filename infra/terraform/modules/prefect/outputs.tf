@@ -1,0 +1,24 @@
+output "namespace" {
+  description = "Namespace of the Prefect server, worker and webhook receiver."
+  value       = kubernetes_namespace_v1.gantry.metadata[0].name
+}
+
+output "prefect_api_url" {
+  description = "In-cluster URL of the Prefect API (PREFECT_API_URL for pods in the cluster)."
+  value       = local.api_url
+}
+
+output "work_pool_name" {
+  description = "Kubernetes work pool the worker polls; deployments in prefect.yaml target it."
+  value       = var.work_pool_name
+}
+
+output "server_release" {
+  description = "Helm release name and chart version of the Prefect server."
+  value       = { name = helm_release.server.name, version = helm_release.server.version }
+}
+
+output "worker_release" {
+  description = "Helm release name and chart version of the Prefect worker."
+  value       = { name = helm_release.worker.name, version = helm_release.worker.version }
+}
