@@ -35,7 +35,8 @@ _KEY_NAMES = (
 _KEY_VALUE = re.compile(
     r"(?P<key>(?<![A-Za-z0-9])(?:" + _KEY_NAMES + r"))(?![A-Za-z0-9_-])"
     r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)"
-    r"(?P<scheme>(?:bearer|token|basic|sha256=|sha1=)\s*)?"
+    # Possessive: an already masked "Bearer [redacted]" must not re-match with "Bearer" as value.
+    r"(?P<scheme>(?:bearer|token|basic)\s+|sha256=|sha1=)?+"
     r"(?P<value>[^\s\"',;&}\])\[]+)",  # never "[redacted]" again
     re.IGNORECASE,
 )

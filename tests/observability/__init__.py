@@ -1,0 +1,1 @@
+"""Tests for logging, redaction, metrics, DORA and the Datadog and PagerDuty clients."""
