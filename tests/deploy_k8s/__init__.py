@@ -1,0 +1,1 @@
+"""Kubernetes deploy target against an emulated API server."""
