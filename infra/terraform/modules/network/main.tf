@@ -133,6 +133,9 @@ data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 
 data "aws_iam_policy_document" "flow_logs_key" {
+  #checkov:skip=CKV_AWS_111:a key policy's Resource "*" means this key only; the account root statement is AWS's default key policy, and services are named as principals
+  #checkov:skip=CKV_AWS_109:a key policy's Resource "*" means this key only; the account root statement is AWS's default key policy, and services are named as principals
+  #checkov:skip=CKV_AWS_356:a key policy's Resource "*" means this key only; the account root statement is AWS's default key policy, and services are named as principals
   statement {
     sid       = "AccountAdministers"
     actions   = ["kms:*"]

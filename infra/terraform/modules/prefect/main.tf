@@ -84,10 +84,10 @@ resource "helm_release" "worker" {
   values = [yamlencode({
     fullnameOverride = "prefect-worker"
     worker = {
-      replicaCount              = var.worker_replicas
-      apiConfig                 = "selfHostedServer"
+      replicaCount = var.worker_replicas
+      apiConfig    = "selfHostedServer"
       # Gantry's image has tini but not the entrypoint script of Prefect's own image.
-      command = ["/usr/bin/tini", "-g", "--"]
+      command                   = ["/usr/bin/tini", "-g", "--"]
       selfHostedServerApiConfig = { apiUrl = local.api_url }
       image = {
         repository = var.gantry_image_repository
