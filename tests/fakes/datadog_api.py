@@ -142,9 +142,7 @@ class FakeDatadog(LoopbackServer):
                     body,
                 )
             )
-            fault = next(
-                (f for f in self._faults if f.path_contains in request.url.path), None
-            )
+            fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
             if fault is not None:
                 self._faults.remove(fault)
         if fault is not None:

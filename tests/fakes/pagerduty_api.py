@@ -70,8 +70,11 @@ class FakePagerDuty(LoopbackServer):
             fault = self._faults.pop(0) if self._faults else None
         if fault == 429:
             return JSONResponse(
-                {"status": "throttle event", "message": "Requests for this service are "
-                 "arriving too quickly.  Please retry later."},
+                {
+                    "status": "throttle event",
+                    "message": "Requests for this service are "
+                    "arriving too quickly.  Please retry later.",
+                },
                 status_code=429,
             )
         if fault is not None:

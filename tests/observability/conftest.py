@@ -100,3 +100,8 @@ def _clean_global_state() -> Iterator[None]:
     for name, (handlers, propagate) in uvicorn_state.items():
         logging.getLogger(name).handlers[:] = handlers
         logging.getLogger(name).propagate = propagate
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

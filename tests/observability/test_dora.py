@@ -46,7 +46,7 @@ def release(
         commit_sha=f"{abs(hash((repository, finished))):040x}"[:40],
         commit_time=commit,
         merged_at=merged,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
     )
 
 

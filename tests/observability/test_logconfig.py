@@ -1,4 +1,4 @@
-"""JSON log lines: fields, bound context, redaction; the Prefect logging config in a real process."""
+"""JSON log lines: fields, bound context, redaction; the Prefect logging config in a process."""
 
 from __future__ import annotations
 

@@ -28,7 +28,9 @@ def test_pipeline_finished_sends_a_run_count_and_a_duration_distribution(
     got = _by_name(statsd.receive(2))
     tags = ("pipeline:merge", "outcome:success", "repository:acme/api")
     assert got["gantry.pipeline.runs"] == Datagram("gantry.pipeline.runs", "1", "c", tags)
-    assert got["gantry.pipeline.duration"] == Datagram("gantry.pipeline.duration", "12.5", "d", tags)
+    assert got["gantry.pipeline.duration"] == Datagram(
+        "gantry.pipeline.duration", "12.5", "d", tags
+    )
 
 
 def test_stage_finished_carries_the_stage_tag(metrics: Metrics, statsd: StatsdListener) -> None:
@@ -44,7 +46,9 @@ def test_stage_finished_carries_the_stage_tag(metrics: Metrics, statsd: StatsdLi
     [
         (
             lambda m: m.queue_time("pr", 2.5, "acme/api"),
-            Datagram("gantry.pipeline.queue_time", "2.5", "d", ("pipeline:pr", "repository:acme/api")),
+            Datagram(
+                "gantry.pipeline.queue_time", "2.5", "d", ("pipeline:pr", "repository:acme/api")
+            ),
         ),
         (
             lambda m: m.webhook_delivery("duplicate"),
@@ -65,7 +69,9 @@ def test_stage_finished_carries_the_stage_tag(metrics: Metrics, statsd: StatsdLi
         ),
         (
             lambda m: m.rollback("production", "acme/api"),
-            Datagram("gantry.rollbacks", "1", "c", ("environment:production", "repository:acme/api")),
+            Datagram(
+                "gantry.rollbacks", "1", "c", ("environment:production", "repository:acme/api")
+            ),
         ),
         (
             lambda m: m.release_outcome("rolled_back", "acme/api"),
@@ -73,7 +79,9 @@ def test_stage_finished_carries_the_stage_tag(metrics: Metrics, statsd: StatsdLi
         ),
         (
             lambda m: m.dora_gauge("change_failure_rate", 0.25, None, "30d"),
-            Datagram("gantry.dora.change_failure_rate", "0.25", "g", ("repository:all", "window:30d")),
+            Datagram(
+                "gantry.dora.change_failure_rate", "0.25", "g", ("repository:all", "window:30d")
+            ),
         ),
     ],
 )
@@ -102,7 +110,9 @@ def test_tags_are_bounded_and_never_empty() -> None:
 
 
 def test_settings_block_gives_the_agent_address_and_constant_tags(statsd: StatsdListener) -> None:
-    settings = DatadogSettings(agent_host="127.0.0.1", agent_port=statsd.port, tags=["team:platform"])
+    settings = DatadogSettings(
+        agent_host="127.0.0.1", agent_port=statsd.port, tags=["team:platform"]
+    )
     Metrics.from_settings(settings).webhook_backlog(0)
     [datagram] = statsd.receive(1)
     assert datagram.tags == ("team:platform",)

@@ -118,7 +118,11 @@ def test_model_secrets_are_registered_including_nested_models() -> None:
         inner: Inner
 
     register_model_secrets(
-        Outer(name="visible-name", token=SecretStr("outer-secret-1"), inner=Inner(key=SecretStr("inner-secret-2")))
+        Outer(
+            name="visible-name",
+            token=SecretStr("outer-secret-1"),
+            inner=Inner(key=SecretStr("inner-secret-2")),
+        )
     )
     assert redact("visible-name outer-secret-1 inner-secret-2") == f"visible-name {MASK} {MASK}"
 
