@@ -28,7 +28,7 @@ MIN_SECRET_LENGTH = 6
 _KEY_NAMES = (
     r"authorization|proxy-authorization|x-hub-signature(?:-256)?|dd-api-key|dd-application-key"
     r"|x-api-key|api[_-]?key|app[_-]?key|routing[_-]?key|integration[_-]?key|private[_-]?key"
-    r"|(?:[a-z0-9]+[_-])*token|[a-z0-9]+[_-]secret|secret[_-]key|password|passwd"
+    r"|(?:[a-z0-9]+[_-]){0,3}token|[a-z0-9]+[_-]secret|secret[_-]key|password|passwd"
 )
 # A credential named by its key: header lines, query parameters, JSON, dict reprs, env dumps.
 # The scheme (Bearer, token, sha256=) stays visible; only the value is masked.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -198,3 +199,12 @@ def test_filter_survives_a_broken_format_string(
     output = stream.getvalue()
     assert "brokenfmtsecret" not in output
     assert "two" in output
+
+
+@pytest.mark.timeout(20)
+def test_long_identifier_chains_are_redacted_in_linear_time() -> None:
+    text = "a_" * 20000 + " ci_token=chainsecret1"
+    began = time.monotonic()
+    result = redact(text)
+    assert time.monotonic() - began < 2.0
+    assert "chainsecret1" not in result
