@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import copy
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +23,7 @@ import aiohttp.web
 import kmock
 import pytest
 import yaml
-from kmock import KubernetesEmulator, Server, action
+from kmock import KubernetesEmulator, KubernetesError, Server, action
 from typing_extensions import override
 
 from blocks.cluster import KubernetesClusterConfig, KubernetesTarget
@@ -37,8 +37,14 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class ApiServerEmulator(KubernetesEmulator):
     """kmock's emulator plus apply-creates and generation bumps, as a real API server does."""
 
+    # A test's fault injection: given a request, an error to answer with instead, or None.
+    fault: Callable[[Any], KubernetesError | None] | None = None
+
     @override
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        error = self.fault(request) if self.fault is not None else None
+        if error is not None:
+            raise error
         key = None
         before: Any = None
         if request.resource is not None and request.action == action.UPDATE and request.name:

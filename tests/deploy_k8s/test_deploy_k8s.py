@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from kmock import KubernetesError
 
 from blocks.cluster import KubernetesTarget
 from flows.deploy_k8s import KubernetesDeployTarget
@@ -288,3 +290,67 @@ async def test_an_unreachable_cluster_fails_before_applying_anything(
     assert "before applying anything" in str(caught.value)
     assert "did not answer" in str(caught.value)
     assert EMULATOR_TOKEN not in str(caught.value)
+
+
+async def test_a_transient_api_server_error_is_retried(
+    deploy_target: KubernetesDeployTarget,
+    emulator: ApiServerEmulator,
+    controller: RolloutController,
+    manifests: Path,
+) -> None:
+    controller.healthy = {NEW}
+    failed: list[Any] = []
+
+    def unavailable_once(incoming: Any) -> KubernetesError | None:
+        if str(incoming.url.path) != "/apis/apps/v1" or failed:
+            return None
+        failed.append(incoming)
+        return KubernetesError(status=503, reason="ServiceUnavailable", message="restarting")
+
+    emulator.fault = unavailable_once
+
+    await deploy_target.deploy(request(manifests, NEW))
+
+    discovery = [r for r in emulator.received() if str(r.url.path) == "/apis/apps/v1"]
+    assert len(discovery) == 2
+    assert (
+        emulator.deployment("staging", "tasks-api")["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        == NEW
+    )
+
+
+async def test_an_api_server_refusal_during_the_rollout_rolls_back_what_ran(
+    deploy_target: KubernetesDeployTarget,
+    emulator: ApiServerEmulator,
+    controller: RolloutController,
+    manifests: Path,
+) -> None:
+    controller.healthy = {OLD, NEW}
+    await deploy_target.deploy(request(manifests, OLD, SHA_OLD))
+    path = "/apis/apps/v1/namespaces/staging/deployments/tasks-api"
+    reads = 0
+
+    def refuse_rollout_reads(incoming: Any) -> KubernetesError | None:
+        # The first read (what runs now) is answered; the rollout's reads are refused.
+        nonlocal reads
+        if str(incoming.method.value) != "GET" or str(incoming.url.path) != path:
+            return None
+        reads += 1
+        return (
+            KubernetesError(status=403, reason="Forbidden", message="rbac says no")
+            if reads > 1
+            else None
+        )
+
+    emulator.fault = refuse_rollout_reads
+
+    with pytest.raises(DeployError) as caught:
+        await deploy_target.deploy(request(manifests, NEW))
+
+    emulator.fault = None
+    assert "answered 403 Forbidden: rbac says no" in str(caught.value)
+    assert caught.value.rolled_back is True
+    live = emulator.deployment("staging", "tasks-api")
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == OLD
