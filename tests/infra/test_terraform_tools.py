@@ -26,7 +26,7 @@ TERRAFORM, NO_TERRAFORM = find_terraform()
 needs_terraform = pytest.mark.skipif(TERRAFORM is None, reason=NO_TERRAFORM)
 needs_mirror = pytest.mark.skipif(
     not AWS_PROVIDER_MIRROR.is_dir(),
-    reason=f"the AWS provider mirror {AWS_PROVIDER_MIRROR} is absent: providers cannot be downloaded",
+    reason=f"no AWS provider mirror at {AWS_PROVIDER_MIRROR}: providers cannot be downloaded",
 )
 
 
@@ -38,7 +38,13 @@ def _terraform() -> Terraform:
 @needs_terraform
 def test_every_terraform_file_is_canonically_formatted(tmp_path: Path) -> None:
     result = _terraform().run(
-        TERRAFORM_DIR, "fmt", "-check", "-recursive", "-diff", "-no-color", env=terraform_env(tmp_path)
+        TERRAFORM_DIR,
+        "fmt",
+        "-check",
+        "-recursive",
+        "-diff",
+        "-no-color",
+        env=terraform_env(tmp_path),
     )
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
 

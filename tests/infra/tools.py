@@ -38,7 +38,9 @@ class Terraform:
     argv_prefix: tuple[str, ...]
     through_shim: bool
 
-    def run(self, workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, workdir: Path, *args: str, env: dict[str, str]
+    ) -> subprocess.CompletedProcess[str]:
         if self.through_shim:
             argv = [*self.argv_prefix, str(workdir), *args]
         else:
@@ -151,7 +153,9 @@ def labelled(blocks: list[dict[str, object]]) -> dict[str, dict[str, object]]:
     return found
 
 
-def resources(config: dict[str, list[dict[str, object]]], kind: str) -> dict[str, dict[str, object]]:
+def resources(
+    config: dict[str, list[dict[str, object]]], kind: str
+) -> dict[str, dict[str, object]]:
     """{name: body} of every resource of one type."""
     found: dict[str, dict[str, object]] = {}
     for block in config.get("resource", []):
