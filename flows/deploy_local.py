@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import json
 import time
+from pathlib import Path
 
 import docker
 import httpx
@@ -23,6 +26,28 @@ from flows.logs import step_logger
 from flows.targets import DeployError, DeployOutcome, DeployRequest, Environment
 
 LABEL = "dev.gantry"
+
+
+class PortSlots:
+    """Which port slot each (repository, image) owns, kept in the state folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def slot(self, key: str) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                slots: dict[str, int] = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                slots = {}
+            if key not in slots:
+                slots[key] = max(slots.values(), default=-1) + 1
+                self.path.write_text(json.dumps(slots, indent=1, sort_keys=True))
+            return slots[key]
+
+
 HEALTH_INTERVAL = 0.25
 
 
@@ -33,6 +58,7 @@ class LocalContainerTarget:
         self,
         docker_host: str,
         ports: dict[str, int],
+        state_dir: Path,
         host: str = "127.0.0.1",
         health_timeout: float = 60.0,
     ) -> None:
@@ -40,6 +66,7 @@ class LocalContainerTarget:
         self.ports = ports
         self.host = host
         self.health_timeout = health_timeout
+        self.slots = PortSlots(state_dir / "targets" / "port-slots.json")
 
     def _client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.docker_host, timeout=120)
@@ -49,11 +76,13 @@ class LocalContainerTarget:
         suffix = f"-{role}" if role else ""
         return f"gantry-{slug}-{environment}-{image}{suffix}"
 
-    def _port(self, environment: str, index: int) -> int:
-        return self.ports[environment] + index
+    def _port(self, slug: str, environment: str, image: str) -> int:
+        # Each (repository, image) keeps one slot; a slot is a pair of ports, staging and
+        # production, so that several services can run side by side on one machine.
+        return self.ports[environment] + 2 * self.slots.slot(f"{slug}/{image}")
 
-    def url(self, environment: str) -> str:
-        return f"http://{self.host}:{self._port(environment, 0)}"
+    def url(self, slug: str, environment: str, image: str) -> str:
+        return f"http://{self.host}:{self._port(slug, environment, image)}"
 
     # -- reading ---------------------------------------------------------------------------
     def _live(self, client: docker.DockerClient, slug: str, env: str) -> dict[str, Container]:
@@ -152,7 +181,10 @@ class LocalContainerTarget:
         logs = self._logs(candidate)
         candidate.remove(force=True)
         if not healthy:
-            return False, f"{spec.name} never answered {spec.health_path}: {logs[-500:]}"
+            return (
+                False,
+                f"{spec.name} never answered {spec.health_path}; last output: {logs[-300:]}",
+            )
         live_name = self._name(slug, env, spec.name)
         previous_name = self._name(slug, env, spec.name, "previous")
         self._remove(client, previous_name)
@@ -182,7 +214,7 @@ class LocalContainerTarget:
                 for n, c in self._live(client, request.repository_slug, request.environment).items()
             }
             done: list[str] = []
-            for index, (name, ref) in enumerate(sorted(request.images.items())):
+            for name, ref in sorted(request.images.items()):
                 spec = specs.get(name) or Image(name=name)
                 try:
                     client.images.pull(ref)
@@ -190,9 +222,8 @@ class LocalContainerTarget:
                     raise self._failure(
                         client, request, previous, done, f"cannot pull {ref}: {exc}"
                     ) from exc
-                ok, reason = self._swap(
-                    client, request, spec, ref, self._port(request.environment, index)
-                )
+                port = self._port(request.repository_slug, request.environment, name)
+                ok, reason = self._swap(client, request, spec, ref, port)
                 if not ok:
                     raise self._failure(client, request, previous, done, reason)
                 done.append(name)
@@ -203,8 +234,9 @@ class LocalContainerTarget:
             ) from exc
         finally:
             client.close()
+        first = sorted(request.images)[0] if request.images else ""
         return DeployOutcome(
-            url=self.url(request.environment),
+            url=self.url(request.repository_slug, request.environment, first) if first else None,
             previous_images=previous,
             detail=f"{len(done)} container(s) on {self.host}",
         )
@@ -225,14 +257,8 @@ class LocalContainerTarget:
             if ref is None:
                 self._remove(client, self._name(request.repository_slug, request.environment, name))
                 continue
-            index = sorted(request.images).index(name)
-            ok, _ = self._swap(
-                client,
-                request,
-                specs.get(name) or Image(name=name),
-                ref,
-                self._port(request.environment, index),
-            )
+            port = self._port(request.repository_slug, request.environment, name)
+            ok, _ = self._swap(client, request, specs.get(name) or Image(name=name), ref, port)
             restored = restored and ok
         serving = "the previous version still serves" if previous and restored else ""
         message = f"deploy to {request.environment} failed: {reason}"

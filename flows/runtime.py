@@ -24,7 +24,7 @@ def registry_address() -> str:
 def local_target() -> LocalContainerTarget:
     settings = StackSettings()
     ports = {"staging": settings.staging_port, "production": settings.production_port}
-    return LocalContainerTarget(docker_host(), ports, host=settings.host)
+    return LocalContainerTarget(docker_host(), ports, settings.state_dir, host=settings.host)
 
 
 async def deploy_target(environment: str) -> DeployTarget:

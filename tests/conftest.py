@@ -13,4 +13,5 @@ os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
 pytest_plugins = [
     "tests.plugins.gitrepo",
     "tests.plugins.stack",
+    "tests.plugins.engine",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.processes import free_port
+from deployments.processes import free_port, port_is_free
 from deployments.settings import StackSettings
 from deployments.stack import Stack
 
@@ -25,18 +25,28 @@ def stack_environment(settings: StackSettings) -> dict[str, str]:
     }
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too: local targets use staging/production pairs."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65000 and port_is_free("127.0.0.1", port + 1):
+            return port
+    raise RuntimeError("no pair of free ports found")
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     home: Path = tmp_path_factory.mktemp("gantry-home")
+    staging = free_port_pair()
     settings = StackSettings(
         home=home,
         prefect_port=free_port(),
         webhook_port=free_port(),
         registry_port=free_port(),
-        staging_port=free_port(),
-        production_port=free_port(),
+        staging_port=staging,
+        production_port=staging + 1,
     )
     env = stack_environment(settings)
     saved = {key: os.environ.get(key) for key in env}
