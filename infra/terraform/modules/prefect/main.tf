@@ -105,6 +105,7 @@ resource "helm_release" "worker" {
       extraEnvVars = [
         { name = "PREFECT_SERVER_ANALYTICS_ENABLED", value = "false" },
         { name = "GANTRY_ENVIRONMENT", value = var.environment },
+        { name = "DD_ENV", value = var.environment },
       ]
     }
   })]
@@ -139,5 +140,6 @@ resource "kubernetes_config_map_v1" "receiver" {
     PREFECT_SERVER_ANALYTICS_ENABLED = "false"
     DO_NOT_TRACK                     = "1"
     GANTRY_ENVIRONMENT               = var.environment
+    DD_ENV                           = var.environment
   }
 }
