@@ -27,6 +27,16 @@ def local_target() -> LocalContainerTarget:
     return LocalContainerTarget(docker_host(), ports, settings.state_dir, host=settings.host)
 
 
+def target_block_name(environment: str) -> str | None:
+    """The Kubernetes target block an environment deploys through (GANTRY_<ENV>_TARGET)."""
+    return os.environ.get(f"GANTRY_{environment.upper()}_TARGET") or None
+
+
 async def deploy_target(environment: str) -> DeployTarget:
-    """The target of ``environment``: local containers unless a cluster block names one."""
+    """The target of ``environment``: a saved Kubernetes target block, else local containers."""
+    block_name = target_block_name(environment)
+    if block_name:
+        from flows.deploy_k8s import KubernetesDeployTarget
+
+        return await KubernetesDeployTarget.load(block_name)
     return local_target()
