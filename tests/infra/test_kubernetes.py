@@ -43,6 +43,7 @@ def of_kind(overlay: str, kind: str) -> Iterator[Manifest]:
 def receiver_container(overlay: str) -> Manifest:
     deployment = find(overlay, "Deployment", "gantry-receiver")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
     return container
 
 

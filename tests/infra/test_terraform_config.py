@@ -19,6 +19,7 @@ from .tools import (
     MODULES_DIR,
     PARSED_ONLY_MODULES,
     REPO,
+    Block,
     labelled,
     load_hcl,
     resources,
@@ -33,25 +34,25 @@ def _root_id(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def _monitors() -> dict[str, dict[str, object]]:
+def _monitors() -> dict[str, Block]:
     return resources(load_hcl(MODULES_DIR / "monitoring"), "datadog_monitor")
 
 
-def _text(body: dict[str, object], key: str) -> str:
+def _text(body: Block, key: str) -> str:
     return str(unquote(body[key]))
 
 
-def _critical(monitor: dict[str, object]) -> object:
+def _critical(monitor: Block) -> object:
     thresholds = monitor["monitor_thresholds"]
     assert isinstance(thresholds, list)
     return thresholds[0]["critical"]
 
 
-def _module_args(env: str) -> dict[str, dict[str, object]]:
+def _module_args(env: str) -> dict[str, Block]:
     return labelled(load_hcl(ENVS_DIR / env).get("module", []))
 
 
-def _backend(env: str) -> dict[str, object]:
+def _backend(env: str) -> Block:
     (terraform,) = load_hcl(ENVS_DIR / env)["terraform"]
     backends = terraform["backend"]
     assert isinstance(backends, list)

@@ -10,7 +10,7 @@ import socket
 from typing import Any
 from uuid import uuid4
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
 from prefect.client.orchestration import PrefectClient

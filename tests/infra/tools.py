@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hcl2
 
@@ -125,15 +126,19 @@ def render_overlay(kubectl: str, overlay: str) -> str:
 # python-hcl2 keeps the quotes of strings and labels; these helpers take them off.
 
 
-def unquote(value: object) -> object:
+def unquote(value: Any) -> Any:
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
     return value
 
 
-def load_hcl(directory: Path) -> dict[str, list[dict[str, object]]]:
+# Parsed HCL is untyped JSON-like data; Any is its honest type.
+Block = dict[str, Any]
+
+
+def load_hcl(directory: Path) -> dict[str, list[Block]]:
     """All top-level blocks of the .tf files in a directory, merged by block type."""
-    merged: dict[str, list[dict[str, object]]] = {}
+    merged: dict[str, list[Block]] = {}
     for path in sorted(directory.glob("*.tf")):
         with path.open() as handle:
             parsed = hcl2.load(handle)
@@ -143,9 +148,9 @@ def load_hcl(directory: Path) -> dict[str, list[dict[str, object]]]:
     return merged
 
 
-def labelled(blocks: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+def labelled(blocks: list[Block]) -> dict[str, Block]:
     """{label: body} for one-label blocks (variable, output, module)."""
-    found: dict[str, dict[str, object]] = {}
+    found: dict[str, Block] = {}
     for block in blocks:
         for label, body in block.items():
             if isinstance(body, dict):
