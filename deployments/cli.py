@@ -220,4 +220,7 @@ def demo() -> None:
 
 
 def main() -> None:
+    from deployments import cli_release
+
+    cli_release.register(app)
     app()

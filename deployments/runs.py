@@ -51,6 +51,7 @@ class RunOutcome(BaseModel):
     url: str
     state: str
     passed: bool
+    paused: bool = False
     seconds: float
     message: str = ""
     stages: list[StageLine] = Field(default_factory=list)
@@ -98,7 +99,7 @@ async def _stage_progress(flow_run_id: uuid.UUID) -> str:
 
 async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLine], dict[str, Any]]:
     state = flow_run.state
-    if state is not None:
+    if state is not None and state.is_final():
         try:
             result = await state.aresult(raise_on_failure=False)
         except Exception:  # result storage unreachable from here: fall back to the artifact
@@ -137,8 +138,13 @@ async def run_pipeline(
     ui_url: str,
     progress: Progress,
     timeout: float = 3600.0,
+    on_paused: Callable[[FlowRun], bool] | None = None,
 ) -> RunOutcome:
-    """Create a flow run of ``deployment`` and follow it to its final state."""
+    """Create a flow run of ``deployment`` and follow it to its final state.
+
+    ``on_paused`` is called each time the run pauses (an approval gate); returning False
+    stops following, and the outcome then reports the paused state.
+    """
     started = time.monotonic()
     try:
         created = run_deployment(deployment, parameters=parameters, timeout=0)
@@ -148,12 +154,19 @@ async def run_pipeline(
     url = f"{ui_url}/runs/flow-run/{flow_run.id}"
     progress(f"{pipeline} run {flow_run.name} created: {url}")
     last = ""
+    paused_key: object = None
     async with get_client() as client:
         while True:
             flow_run = await client.read_flow_run(flow_run.id)
             state = flow_run.state
             if state is not None and state.is_final():
                 break
+            if state is not None and state.is_paused() and on_paused is not None:
+                key = state.state_details.pause_key
+                if key != paused_key:
+                    paused_key = key
+                    if not on_paused(flow_run):
+                        break
             if time.monotonic() - started > timeout:
                 raise RunError(f"{flow_run.name} did not finish within {timeout:.0f} s: {url}")
             stage_states = await _stage_progress(flow_run.id)
@@ -172,8 +185,67 @@ async def run_pipeline(
         url=url,
         state=state.name or state.type.value,
         passed=state.is_completed(),
+        paused=state.is_paused(),
         seconds=round(time.monotonic() - started, 3),
         message=state.message or "",
         stages=stages,
         data=data,
     )
+
+
+class ApprovalOutcome(BaseModel):
+    flow_run_id: str
+    accepted: bool
+    state: str
+    message: str
+
+
+async def answer_approval(
+    flow_run_id: str, approver: str, approve: bool, reason: str, wait: float = 15.0
+) -> ApprovalOutcome:
+    """Answer a release's approval gate; `accepted` is False when the flow refused the answer."""
+    from prefect.flow_runs import aresume_flow_run
+
+    run_id = uuid.UUID(flow_run_id)
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(run_id)
+        state = flow_run.state
+        if state is None or not state.is_paused():
+            name = state.name if state else "unknown"
+            raise RunError(f"flow run {flow_run.name} is not waiting for an approval ({name})")
+        key = state.state_details.pause_key
+        runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        tasks_before = len(await client.read_task_runs(flow_run_filter=runs_filter))
+        try:
+            await aresume_flow_run(
+                run_id, run_input={"approver": approver, "approve": approve, "reason": reason}
+            )
+        except Exception as exc:
+            raise RunError(f"the answer was not accepted by the Prefect API: {exc}") from exc
+        # The flow checks the allowlist: a refused answer pauses it again under a new key.
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            flow_run = await client.read_flow_run(run_id)
+            state = flow_run.state
+            assert state is not None
+            if state.is_paused() and state.state_details.pause_key != key:
+                return ApprovalOutcome(
+                    flow_run_id=flow_run_id,
+                    accepted=False,
+                    state=state.name or "Paused",
+                    message=f"{approver!r} may not answer this release; it is still waiting",
+                )
+            # Accepted: the flow went on to its next step (or ended, for a rejection).
+            moved_on = state.is_final() or (
+                state.is_running()
+                and len(await client.read_task_runs(flow_run_filter=runs_filter)) > tasks_before
+            )
+            if moved_on:
+                return ApprovalOutcome(
+                    flow_run_id=flow_run_id,
+                    accepted=True,
+                    state=state.name or state.type.value,
+                    message="answer accepted",
+                )
+            await asyncio.sleep(POLL_SECONDS)
+    raise RunError(f"flow run {flow_run_id} did not pick up the answer within {wait:.0f} s")

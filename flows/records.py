@@ -39,6 +39,8 @@ class ReleaseCandidate(BaseModel):
     staging_url: str | None = None
     commit_time: datetime | None = None
     created_at: datetime = Field(default_factory=_now)
+    # Filled in when read back: the flow run the Prefect server says wrote this record.
+    recorded_by_run: str | None = None
 
     def digests(self) -> set[str]:
         return {ref.rpartition("@")[2] for ref in self.images.values()}
@@ -92,7 +94,9 @@ async def _history(key: str, limit: int) -> list[dict[str, Any]]:
     for artifact in artifacts:
         rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
         if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "record" in rows[0]:
-            records.append(json.loads(rows[0]["record"]))
+            record = json.loads(rows[0]["record"])
+            record["recorded_by_run"] = str(artifact.flow_run_id) if artifact.flow_run_id else None
+            records.append(record)
     return records
 
 

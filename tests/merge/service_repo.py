@@ -41,6 +41,8 @@ E2E = """\
 import json, os, sys, urllib.request
 if os.path.exists("E2E_FAIL"):
     print("e2e: failing on purpose"); sys.exit(1)
+if os.path.exists("SMOKE_FAIL") and os.environ.get("GANTRY_ENVIRONMENT") == "production":
+    print("smoke: failing on purpose in production"); sys.exit(1)
 url = os.environ["GANTRY_TARGET_URL"]
 served = json.load(urllib.request.urlopen(url + "/version", timeout=10))["version"]
 expected = open("VERSION").read().strip()
@@ -65,7 +67,9 @@ def gantry_toml() -> str:
     )
 
 
-def service_files(version: str, e2e_fails: bool = False) -> dict[str, str]:
+def service_files(
+    version: str, e2e_fails: bool = False, smoke_fails: bool = False
+) -> dict[str, str]:
     files = {
         "gantry.toml": gantry_toml(),
         "Dockerfile": DOCKERFILE,
@@ -75,11 +79,17 @@ def service_files(version: str, e2e_fails: bool = False) -> dict[str, str]:
     }
     if e2e_fails:
         files["E2E_FAIL"] = "1\n"
+    if smoke_fails:
+        files["SMOKE_FAIL"] = "1\n"
     return files
 
 
-def commit_version(repo: GitRepo, version: str, e2e_fails: bool = False) -> str:
-    path = repo.path / "E2E_FAIL"
-    if path.exists() and not e2e_fails:
-        path.unlink()
-    return repo.commit(service_files(version, e2e_fails), message=f"version {version}")
+def commit_version(
+    repo: GitRepo, version: str, e2e_fails: bool = False, smoke_fails: bool = False
+) -> str:
+    for marker, wanted in (("E2E_FAIL", e2e_fails), ("SMOKE_FAIL", smoke_fails)):
+        path = repo.path / marker
+        if path.exists() and not wanted:
+            path.unlink()
+    files = service_files(version, e2e_fails, smoke_fails)
+    return repo.commit(files, message=f"version {version}")

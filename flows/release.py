@@ -1,0 +1,253 @@
+"""The release pipeline: promote a staging-verified candidate to production, after approval."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+
+from blocks.release import DEFAULT_BLOCK_NAME, load_policy
+from flows.approval import GateResult, wait_for_approval
+from flows.checkout import CheckoutError, checkout
+from flows.config import ConfigError, load_config
+from flows.deploy import deploy_images, deploy_lock
+from flows.e2e import run_against
+from flows.identity import repository_slug
+from flows.logs import step_logger
+from flows.observers import Observers, pipeline_observers
+from flows.pipeline import PipelineSummary, RunContext, finish, run_stage
+from flows.records import (
+    Outcome,
+    ReleaseCandidate,
+    ReleaseRecord,
+    find_candidate,
+    list_releases,
+    record_release,
+)
+from flows.results import StageResult, StageStatus
+from flows.runtime import deploy_target
+from flows.targets import DeployRequest
+
+DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+
+class ReleaseRefused(RuntimeError):
+    """The candidate cannot be released: nothing was deployed."""
+
+
+async def verify_candidate(candidate: ReleaseCandidate) -> None:
+    """Only what a completed merge run verified on staging may reach production."""
+    for name, ref in candidate.images.items():
+        if not DIGEST_REF.match(ref):
+            raise ReleaseRefused(f"image {name} is not pinned by digest: {ref!r}")
+    if not candidate.recorded_by_run or candidate.recorded_by_run != candidate.flow_run_id:
+        raise ReleaseRefused(f"candidate {candidate.id} was not recorded by its merge run")
+    async with get_client() as client:
+        try:
+            run = await client.read_flow_run(uuid.UUID(candidate.flow_run_id))
+            flow_name = (await client.read_flow(run.flow_id)).name
+        except Exception as exc:
+            raise ReleaseRefused(f"candidate {candidate.id}: its merge run is unknown") from exc
+    if flow_name != "merge-pipeline" or run.state is None or not run.state.is_completed():
+        raise ReleaseRefused(
+            f"candidate {candidate.id}: run {run.name} is not a completed merge pipeline run"
+        )
+
+
+def release_run_name() -> str:
+    params = flow_run.parameters
+    what = "rollback" if params.get("rollback") else "release"
+    repo = params.get("repository_name") or params.get("repository") or "repo"
+    return f"{what}-{str(repo).rsplit('/', 1)[-1]}"
+
+
+async def _previous_good(slug: str) -> str | None:
+    """The candidate of the release before the newest successful one (what rollback restores)."""
+    good = [r for r in await list_releases(slug) if r.outcome == "success"]
+    return good[1].candidate_id if len(good) > 1 else None
+
+
+@flow(name="release-pipeline", flow_run_name=release_run_name, log_prints=True)
+async def release_pipeline(
+    repository_name: str | None = None,
+    repository: str | None = None,
+    candidate_id: str | None = None,
+    tag: str | None = None,
+    triggered_by: str | None = None,
+    rollback: bool = False,
+    skip_approval: bool = False,
+    policy_block: str = DEFAULT_BLOCK_NAME,
+) -> State[PipelineSummary]:
+    """Deploy a release candidate's digests to production once an approver says so.
+
+    Without ``candidate_id`` the newest candidate is released; with ``rollback`` the
+    candidate of the previous successful release is.
+    """
+    logger = step_logger("release")
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    slug = repository_slug(repository or "", repository_name)
+    if rollback and candidate_id is None:
+        candidate_id = await _previous_good(slug)
+        if candidate_id is None:
+            return Cancelled(message=f"no earlier successful release of {slug} to roll back to")
+    candidate = await find_candidate(slug, candidate_id)
+    context = RunContext(
+        pipeline="release",
+        repository=candidate.repository if candidate else repository or "",
+        sha=candidate.commit_sha if candidate else "",
+        repository_name=repository_name,
+        ref=tag,
+    )
+    refused = StageResult(name="candidate", status=StageStatus.FAILED)
+    if candidate is None:
+        wanted = candidate_id or "any"
+        detail = f"no release candidate {wanted} recorded for {slug}: nothing deployed"
+        return await finish(context, [refused.model_copy(update={"detail": detail})], started)
+    try:
+        await verify_candidate(candidate)
+    except ReleaseRefused as exc:
+        detail = f"refused: {exc}; nothing deployed"
+        return await finish(context, [refused.model_copy(update={"detail": detail})], started)
+    logger.info(
+        "candidate %s: commit %s, images %s", candidate.id, candidate.commit_sha, candidate.images
+    )
+
+    policy = await load_policy(policy_block)
+    if skip_approval and not (rollback and policy.allow_rollback_without_approval):
+        skip_approval = False
+        logger.warning("the release policy requires an approval here; waiting for one")
+    gate = (
+        GateResult(outcome="approved", approver="(policy: rollback without approval)")
+        if skip_approval
+        else await wait_for_approval(candidate, policy, "Roll back" if rollback else "Release")
+    )
+    base = {
+        "id": f"rel-{uuid.uuid4().hex[:10]}",
+        "repository_slug": slug,
+        "candidate_id": candidate.id,
+        "commit_sha": candidate.commit_sha,
+        "images": candidate.images,
+        "triggered_by": triggered_by,
+        "approved_by": gate.approver,
+        "decision_comment": gate.reason or None,
+        "flow_run_id": str(flow_run.get_id() or ""),
+        "started_at": started_at,
+        "commit_time": candidate.commit_time,
+    }
+    if gate.outcome != "approved":
+        outcome: Outcome = "rejected" if gate.outcome == "rejected" else "timed_out"
+        why = (
+            f"rejected by {gate.approver}: {gate.reason or 'no reason given'}"
+            if outcome == "rejected"
+            else f"no approval within {policy.approval_timeout} s"
+        )
+        await record_release(ReleaseRecord(**base, outcome=outcome, detail=why))
+        return Cancelled(message=f"{why}; nothing deployed")
+
+    async with pipeline_observers(context) as observers:
+        stages, data, outcome, detail = await _promote(candidate, slug, observers)
+    record = ReleaseRecord(
+        **base,
+        outcome=outcome,
+        detail=detail,
+        previous_images=data.get("previous_images", {}),
+    )
+    await record_release(record)
+    data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
+    return await finish(context, stages, started, data)
+
+
+async def _promote(
+    candidate: ReleaseCandidate, slug: str, observers: Observers
+) -> tuple[list[StageResult], dict[str, Any], Outcome, str]:
+    """Deploy the candidate's digests, smoke test, roll back on failure."""
+    stages: list[StageResult] = []
+    data: dict[str, Any] = {"images": candidate.images}
+    try:
+        async with checkout(candidate.repository, candidate.commit_sha, "release") as workspace:
+            try:
+                config = load_config(workspace)
+            except ConfigError as exc:
+                return [_failed("config", str(exc))], data, "failed", str(exc)
+            request = DeployRequest(
+                repository_slug=slug,
+                environment="production",
+                images=candidate.images,
+                image_specs=config.images,
+                manifests_dir=workspace / config.deploy.manifests if config.deploy else None,
+                commit_sha=candidate.commit_sha,
+                timeout=config.deploy.timeout if config.deploy else 300.0,
+            )
+            async with deploy_lock(slug, "production"):
+                github = await observers.deployment_started(
+                    "production", candidate.commit_sha, True
+                )
+                deploy = await run_stage(
+                    "deploy-production",
+                    deploy_images.with_options(task_run_name="deploy-production")(
+                        request, return_state=True
+                    ),
+                    observers.stages,
+                )
+                stages.append(deploy)
+                previous: dict[str, str] = dict(deploy.data.get("previous_images") or {})
+                data["previous_images"] = previous
+                url = str(deploy.data.get("url") or "")
+                if deploy.status != StageStatus.PASSED:
+                    await observers.deployment_finished(github, False, url)
+                    rolled = bool(deploy.data.get("rolled_back"))
+                    return stages, data, "rolled_back" if rolled else "failed", deploy.detail
+                data["production_url"] = url
+                smoke = await run_stage(
+                    "smoke",
+                    run_against.with_options(task_run_name="smoke")(
+                        "smoke",
+                        config.smoke or config.e2e,
+                        workspace,
+                        url,
+                        "production",
+                        return_state=True,
+                    ),
+                    observers.stages,
+                )
+                stages.append(smoke)
+                if smoke.status == StageStatus.FAILED:
+                    restored = await _roll_back(request, previous, observers)
+                    stages.append(restored)
+                    await observers.deployment_finished(github, False, url)
+                    if restored.status == StageStatus.PASSED:
+                        why = "smoke check failed; production rolled back to the previous release"
+                        return stages, data, "rolled_back", why
+                    return stages, data, "failed", f"smoke check failed; {restored.detail}"
+                await observers.deployment_finished(github, True, url)
+    except CheckoutError as exc:
+        return [*stages, _failed("checkout", str(exc))], data, "failed", str(exc)
+    return stages, data, "success", "released"
+
+
+async def _roll_back(
+    request: DeployRequest, previous: dict[str, str], observers: Observers
+) -> StageResult:
+    if not previous:
+        return _failed("rollback", "nothing ran in production before: there is nothing to restore")
+    target = await deploy_target("production")
+    back = request.model_copy(update={"images": previous, "commit_sha": ""})
+    result = await run_stage(
+        "rollback",
+        deploy_images.with_options(task_run_name="rollback")(back, target, return_state=True),
+        observers.stages,
+    )
+    return result.model_copy(update={"name": "rollback"})
+
+
+def _failed(name: str, detail: str) -> StageResult:
+    return StageResult(name=name, status=StageStatus.FAILED, detail=detail)

@@ -1,0 +1,251 @@
+"""The release pipeline for real: approval gate, promotion by digest, rollback, guard rails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+
+from blocks.release import ReleasePolicy
+from deployments.runs import answer_approval
+from deployments.settings import RELEASE_DEPLOYMENT
+from deployments.stack import Stack
+from flows.merge import merge_pipeline
+from flows.pipeline import PipelineSummary
+from flows.records import ReleaseCandidate, list_releases, record_candidate
+from tests.merge.service_repo import commit_version
+from tests.plugins.gitrepo import GitRepo
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+
+
+class Service:
+    def __init__(self, repo: GitRepo, name: str) -> None:
+        self.repo = repo
+        self.name = name
+        self.slug = name.replace("/", "-")
+
+    def merge(self, version: str, **markers: bool) -> PipelineSummary:
+        sha = commit_version(self.repo, version, **markers)
+        state = asyncio.run(
+            merge_pipeline(str(self.repo.path), sha, repository_name=self.name, return_state=True)
+        )
+        summary = state.result(raise_on_failure=False)
+        assert isinstance(summary, PipelineSummary)
+        assert state.is_completed(), summary.stages
+        return summary
+
+    def start_release(self, policy: str, **params: Any) -> str:
+        async def start() -> FlowRun:
+            run: FlowRun = await run_deployment(
+                RELEASE_DEPLOYMENT,
+                parameters={"repository_name": self.name, "policy_block": policy, **params},
+                timeout=0,
+            )
+            return run
+
+        return str(asyncio.run(start()).id)
+
+    def releases(self) -> list[Any]:
+        return asyncio.run(list_releases(self.slug))
+
+
+def read_run(run_id: str) -> FlowRun:
+    async def read() -> FlowRun:
+        async with get_client() as client:
+            return await client.read_flow_run(uuid.UUID(run_id))
+
+    return asyncio.run(read())
+
+
+def wait_for(run_id: str, check: Callable[[FlowRun], bool], timeout: float = 300) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = read_run(run_id)
+        if check(run):
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} stuck in {read_run(run_id).state}")
+
+
+def paused(run: FlowRun) -> bool:
+    return run.state is not None and run.state.is_paused()
+
+
+def final(run: FlowRun) -> bool:
+    return run.state is not None and run.state.is_final()
+
+
+def answer(run_id: str, who: str, approve: bool = True, reason: str = "") -> bool:
+    return asyncio.run(answer_approval(run_id, who, approve, reason, wait=60)).accepted
+
+
+def served(url: str) -> str | None:
+    try:
+        version: str = httpx.get(f"{url}/version", timeout=5).json()["version"]
+    except httpx.HTTPError:
+        return None
+    return version
+
+
+@pytest.fixture(scope="module")
+def policies(local_stack: Stack) -> Iterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:6]
+    names = {"normal": f"release-{suffix}", "short": f"release-short-{suffix}"}
+
+    async def save() -> None:
+        await ReleasePolicy(approvers=["alice"], approval_timeout=600).save(names["normal"])
+        await ReleasePolicy(approvers=["alice"], approval_timeout=3).save(names["short"])
+
+    asyncio.run(save())
+    yield names
+
+
+@pytest.fixture
+def service(make_repo: Callable[[str], GitRepo]) -> Service:
+    suffix = uuid.uuid4().hex[:6]
+    return Service(make_repo(f"rel-{suffix}"), f"acme/rel-{suffix}")
+
+
+def release(service: Service, policy: str, who: str = "alice", **params: Any) -> FlowRun:
+    run_id = service.start_release(policy, **params)
+    wait_for(run_id, paused)
+    assert answer(run_id, who)
+    return wait_for(run_id, final)
+
+
+def production_url(run: FlowRun) -> str:
+    state = run.state
+    assert state is not None
+    summary = asyncio.run(state.aresult(raise_on_failure=False))
+    assert isinstance(summary, PipelineSummary)
+    url: str = summary.data["production_url"]
+    return url
+
+
+def test_an_approved_release_reaches_production_with_the_candidates_digests(
+    service: Service, policies: dict[str, str]
+) -> None:
+    merged = service.merge("v1")
+    run = release(service, policies["normal"])
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert served(production_url(run)) == "v1"
+    record = service.releases()[0]
+    assert record.outcome == "success"
+    assert record.approved_by == "alice"
+    assert record.candidate_id == merged.data["release_candidate"]
+    assert record.images == merged.data["images"]
+
+
+def test_a_rejection_deploys_nothing_and_is_recorded(
+    service: Service, policies: dict[str, str]
+) -> None:
+    service.merge("v1")
+    run_id = service.start_release(policies["normal"])
+    wait_for(run_id, paused)
+    assert answer(run_id, "alice", approve=False, reason="not during the freeze")
+    run = wait_for(run_id, final)
+    assert run.state is not None and run.state.is_cancelled()
+    assert "rejected by alice: not during the freeze" in (run.state.message or "")
+    record = service.releases()[0]
+    assert (record.outcome, record.approved_by) == ("rejected", "alice")
+
+
+def test_no_answer_before_the_timeout_cancels_with_nothing_deployed(
+    service: Service, policies: dict[str, str]
+) -> None:
+    service.merge("v1")
+    run_id = service.start_release(policies["short"])
+    run = wait_for(run_id, final, timeout=120)
+    assert run.state is not None and run.state.is_cancelled()
+    assert "no approval within 3 s" in (run.state.message or "")
+    assert service.releases()[0].outcome == "timed_out"
+
+
+def test_an_approver_not_on_the_allowlist_cannot_approve(
+    service: Service, policies: dict[str, str]
+) -> None:
+    service.merge("v1")
+    run_id = service.start_release(policies["normal"])
+    wait_for(run_id, paused)
+    assert answer(run_id, "mallory") is False
+    assert paused(read_run(run_id)), "the release must keep waiting"
+    assert answer(run_id, "alice") is True
+    run = wait_for(run_id, final)
+    assert run.state is not None and run.state.is_completed()
+    assert service.releases()[0].approved_by == "alice"
+
+
+def test_a_failing_smoke_check_rolls_production_back(
+    service: Service, policies: dict[str, str]
+) -> None:
+    service.merge("v1")
+    good = release(service, policies["normal"])
+    url = production_url(good)
+    service.merge("v2", smoke_fails=True)
+    run = release(service, policies["normal"])
+    assert run.state is not None and run.state.is_failed()
+    assert served(url) == "v1"
+    record = service.releases()[0]
+    assert record.outcome == "rolled_back"
+    assert "rolled back to the previous release" in record.detail
+
+
+def test_a_digest_that_never_passed_staging_is_refused(
+    service: Service, policies: dict[str, str]
+) -> None:
+    merged = service.merge("v1")
+    forged = ReleaseCandidate(
+        id="rc-forged",
+        repository=str(service.repo.path),
+        repository_slug=service.slug,
+        commit_sha=merged.context.sha,
+        images={"web": "127.0.0.1:1/evil/web@sha256:" + "0" * 64},
+        # Claims a real merge run, but was not written by it.
+        flow_run_id=str(merged.data.get("flow_run_id") or uuid.uuid4()),
+    )
+    asyncio.run(record_candidate(forged))
+    run_id = service.start_release(policies["normal"], candidate_id="rc-forged")
+    run = wait_for(run_id, final)
+    assert run.state is not None and run.state.is_failed()
+    summary = asyncio.run(run.state.aresult(raise_on_failure=False))
+    assert isinstance(summary, PipelineSummary)
+    assert "refused" in summary.stages[0].detail
+    assert "nothing deployed" in summary.stages[0].detail
+
+
+def test_two_releases_at_once_are_serialized(service: Service, policies: dict[str, str]) -> None:
+    first = service.merge("v1").data["release_candidate"]
+    second = service.merge("v2").data["release_candidate"]
+    runs = [
+        service.start_release(policies["normal"], candidate_id=candidate)
+        for candidate in (first, second)
+    ]
+    for run_id in runs:
+        wait_for(run_id, paused)
+    for run_id in runs:
+        assert answer(run_id, "alice")
+    windows = []
+    for run_id in runs:
+        run = wait_for(run_id, final)
+        assert run.state is not None and run.state.is_completed()
+
+        async def tasks(flow_run_id: str = run_id) -> list[Any]:
+            async with get_client() as client:
+                return await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+                )
+
+        by_name = {t.name: t for t in asyncio.run(tasks())}
+        windows.append((by_name["deploy-production"].start_time, by_name["smoke"].end_time))
+    (_, a_end), (b_start, _) = sorted(windows)
+    assert a_end <= b_start
