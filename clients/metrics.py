@@ -172,7 +172,7 @@ class Metrics:
 
     def release_outcome(self, outcome: ReleaseOutcome, repository: str) -> None:
         tags = [tag("outcome", outcome), tag("repository", repository)]
-        self._send("increment", "releases", 1, tags)
+        self._send("increment", "release.outcome", 1, tags)
 
     def dora_gauge(self, name: str, value: float, repository: str | None, window: str) -> None:
         """``gantry.dora.<name>``; repository ``None`` means all repositories (tag ``all``)."""

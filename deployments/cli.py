@@ -212,11 +212,15 @@ def run_merge(
 
 
 @app.command()
-def demo() -> None:
-    """Run the sample service through the pipelines on the local stack."""
+def demo(
+    manual: Annotated[
+        bool, typer.Option("--manual", help="Wait for your approval instead of approving.")
+    ] = False,
+) -> None:
+    """The sample service through PR, merge, staging and an approved release to production."""
     from deployments.demo import run_demo
 
-    raise typer.Exit(run_demo(out, err))
+    raise typer.Exit(run_demo(out, err, manual))
 
 
 def main() -> None:

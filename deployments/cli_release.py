@@ -30,7 +30,7 @@ def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> Run
     settings = StackSettings()
     ensure_stack(settings, quiet=as_json)
 
-    def paused(flow_run: FlowRun) -> bool:
+    async def paused(flow_run: FlowRun) -> bool:
         err.print(
             f"\n[bold]{flow_run.name} waits for an approval[/bold]: answer in the Prefect UI "
             f"({settings.prefect_url}/runs/flow-run/{flow_run.id}) or with\n"

@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from prefect.client.schemas.objects import FlowRun
 from rich.console import Console
+from rich.status import Status
 
 from deployments.processes import StackError
-from deployments.settings import PR_DEPLOYMENT, StackSettings
+from deployments.runs import RunError, RunOutcome, answer_approval, run_pipeline
+from deployments.settings import (
+    MERGE_DEPLOYMENT,
+    PR_DEPLOYMENT,
+    RELEASE_DEPLOYMENT,
+    StackSettings,
+)
 from deployments.stack import PROJECT_DIR
 
 SAMPLE = PROJECT_DIR / "examples" / "sample-service"
@@ -54,38 +64,125 @@ def prepare_sample_repo(state_dir: Path, source: Path = SAMPLE) -> tuple[Path, s
     return repo, _git(repo, "rev-parse", "HEAD")
 
 
-def run_demo(out: Console, err: Console) -> int:
-    from deployments.cli import ensure_stack, prefect_settings, print_outcome
-    from deployments.runs import RunError, run_pipeline
+DEMO_APPROVER = "demo"
 
-    settings = StackSettings()
+
+async def ensure_demo_policy(out: Console) -> None:
+    """A release policy whose allowlist has the demo user, unless one is saved already."""
+    from blocks.release import DEFAULT_BLOCK_NAME, ReleasePolicy
+
     try:
-        ensure_stack(settings)
-    except StackError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return 2
-    repo, sha = prepare_sample_repo(settings.state_dir)
-    out.print(f"Sample service repository: {repo} at {sha[:12]}")
-    out.print(f"Prefect UI: [bold]{settings.prefect_url}[/bold]")
-    parameters = {"repository": str(repo), "sha": sha, "pr_number": 1, "head_ref": "demo"}
-    with prefect_settings(settings), err.status("pull-request pipeline") as spinner:
+        await ReleasePolicy.aload(DEFAULT_BLOCK_NAME)
+    except ValueError:
+        await ReleasePolicy(approvers=[DEMO_APPROVER]).save(DEFAULT_BLOCK_NAME)
+        out.print(f"Saved release policy block {DEFAULT_BLOCK_NAME!r}: approvers = [demo]")
 
+
+class Demo:
+    """PR → merge → staging → approved release → production, on the local stack."""
+
+    def __init__(self, out: Console, err: Console, manual: bool) -> None:
+        self.out, self.err, self.manual = out, err, manual
+        self.settings = StackSettings()
+
+    def _progress(self, spinner: Status) -> Callable[[str], None]:
         def progress(message: str) -> None:
             spinner.update(message)
-            err.print(f"  {message}", highlight=False)
+            self.err.print(f"  {message}", highlight=False)
 
-        try:
+        return progress
+
+    def pipeline(
+        self,
+        pipeline: str,
+        deployment: str,
+        parameters: dict[str, Any],
+        on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
+    ) -> RunOutcome:
+        from deployments.cli import print_outcome
+
+        self.out.rule(f"{pipeline} pipeline")
+        with self.err.status(f"{pipeline} pipeline") as spinner:
             outcome = asyncio.run(
-                run_pipeline("pr", PR_DEPLOYMENT, parameters, settings.prefect_url, progress)
+                run_pipeline(
+                    pipeline,
+                    deployment,
+                    parameters,
+                    self.settings.prefect_url,
+                    self._progress(spinner),
+                    on_paused=on_paused,
+                )
             )
-        except RunError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            return 2
-    print_outcome(outcome, as_json=False)
-    if not outcome.passed:
-        return 1
-    out.print(
-        f"\nThe pull-request run is in the Prefect UI: {outcome.url}\n"
-        "The stack keeps running; `.venv/bin/gantry down` stops it."
-    )
-    return 0
+        print_outcome(outcome, as_json=False)
+        return outcome
+
+    async def approve(self, flow_run: FlowRun) -> bool:
+        if self.manual:
+            self.out.print(
+                f"Waiting for your approval: the Prefect UI ({self.settings.prefect_url}"
+                f"/runs/flow-run/{flow_run.id}) or `gantry approve {flow_run.id} --as USER`."
+            )
+            return True
+        self.out.print(
+            f"The release waits at its approval gate; the demo approves it as "
+            f"[bold]{DEMO_APPROVER}[/bold] (on the demo allowlist) through the same API as "
+            f"`gantry approve {flow_run.id} --as {DEMO_APPROVER}`."
+        )
+        answer = await answer_approval(str(flow_run.id), DEMO_APPROVER, True, "make demo", wait=60)
+        if not answer.accepted:
+            self.err.print(f"[red]the approval was refused:[/red] {answer.message}")
+        return True
+
+    def run(self) -> int:
+        repo, sha = prepare_sample_repo(self.settings.state_dir)
+        self.out.print(f"Sample service repository: {repo} at {sha[:12]}")
+        self.out.print(f"Prefect UI: [bold]{self.settings.prefect_url}[/bold]")
+        pr = self.pipeline(
+            "pr",
+            PR_DEPLOYMENT,
+            {"repository": str(repo), "sha": sha, "pr_number": 1, "head_ref": "demo"},
+        )
+        if not pr.passed:
+            return 1
+        merge = self.pipeline("merge", MERGE_DEPLOYMENT, {"repository": str(repo), "sha": sha})
+        if not merge.passed:
+            return 1
+        self.out.print(
+            f"Staging serves {merge.data.get('images')} at [bold]"
+            f"{merge.data.get('staging_url')}[/bold]; release candidate "
+            f"{merge.data.get('release_candidate')} recorded."
+        )
+        asyncio.run(ensure_demo_policy(self.out))
+        release = self.pipeline(
+            "release",
+            RELEASE_DEPLOYMENT,
+            {
+                "repository": str(repo),
+                "candidate_id": merge.data.get("release_candidate"),
+                "triggered_by": "make demo",
+            },
+            on_paused=self.approve,
+        )
+        if not release.passed:
+            return 1
+        self.out.rule("done")
+        self.out.print(
+            f"Production serves the same digests at [bold]"
+            f"{release.data.get('production_url')}[/bold].\n"
+            f"Every run is in the Prefect UI: {self.settings.prefect_url}/runs\n"
+            "The stack keeps running; `.venv/bin/gantry down` stops it."
+        )
+        return 0
+
+
+def run_demo(out: Console, err: Console, manual: bool = False) -> int:
+    from deployments.cli import ensure_stack, prefect_settings
+
+    demo = Demo(out, err, manual)
+    try:
+        ensure_stack(demo.settings)
+        with prefect_settings(demo.settings):
+            return demo.run()
+    except (StackError, RunError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2

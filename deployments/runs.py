@@ -8,7 +8,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ async def run_pipeline(
     ui_url: str,
     progress: Progress,
     timeout: float = 3600.0,
-    on_paused: Callable[[FlowRun], bool] | None = None,
+    on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
 ) -> RunOutcome:
     """Create a flow run of ``deployment`` and follow it to its final state.
 
@@ -165,7 +165,7 @@ async def run_pipeline(
                 key = state.state_details.pause_key
                 if key != paused_key:
                     paused_key = key
-                    if not on_paused(flow_run):
+                    if not await on_paused(flow_run):
                         break
             if time.monotonic() - started > timeout:
                 raise RunError(f"{flow_run.name} did not finish within {timeout:.0f} s: {url}")

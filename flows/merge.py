@@ -77,7 +77,7 @@ async def _deliver(
             observers.stages,
         )
         await observers.deployment_finished(
-            github_deployment, deploy.ok, str(deploy.data.get("url") or "")
+            github_deployment, deploy.ok, str(deploy.data.get("url") or ""), "staging"
         )
         if deploy.status != StageStatus.PASSED:
             return [push, deploy, *not_reached(("e2e",), "staging deploy failed")], data

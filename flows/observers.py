@@ -7,9 +7,12 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from clients.metrics import Metrics, load_metrics
+from flows.identity import repository_slug
 from flows.logs import step_logger
 from flows.pipeline import RunContext, StageObserver
 from flows.report import StatusReporter
+from flows.results import StageResult
 
 _GITHUB_REMOTE = re.compile(
     r"github\.com[:/](?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+?)(?:\.git)?/?$"
@@ -24,10 +27,27 @@ def github_repository(context: RunContext) -> str | None:
     return f"{match['owner']}/{match['name']}" if match else None
 
 
+class MetricsObserver:
+    """Stage outcomes and durations as DogStatsD metrics (a no-op when not configured)."""
+
+    def __init__(self, metrics: Metrics, pipeline: str, repository: str) -> None:
+        self.metrics, self.pipeline, self.repository = metrics, pipeline, repository
+
+    async def stage_started(self, stage: str) -> None:
+        del stage
+
+    async def stage_finished(self, stage: str, result: StageResult) -> None:
+        self.metrics.stage_finished(
+            self.pipeline, stage, result.status.value, result.seconds, self.repository
+        )
+
+
 @dataclass
 class Observers:
     stages: list[StageObserver] = field(default_factory=list)
     github: StatusReporter | None = None
+    metrics: Metrics | None = None
+    repository: str = ""
 
     async def deployment_started(self, environment: str, ref: str, production: bool) -> int | None:
         if self.github is None:
@@ -36,7 +56,12 @@ class Observers:
             environment, ref, description=f"gantry: {environment}", production=production
         )
 
-    async def deployment_finished(self, deployment_id: int | None, ok: bool, url: str) -> None:
+    async def deployment_finished(
+        self, deployment_id: int | None, ok: bool, url: str, environment: str = "staging"
+    ) -> None:
+        if self.metrics is not None:
+            outcome = "success" if ok else "failed"
+            self.metrics.deployment(environment, outcome, self.repository)
         if self.github is not None:
             await self.github.deployment_finished(
                 deployment_id, "success" if ok else "failure", environment_url=url or None
@@ -45,7 +70,10 @@ class Observers:
 
 @contextlib.asynccontextmanager
 async def pipeline_observers(context: RunContext) -> AsyncIterator[Observers]:
-    observers = Observers()
+    metrics = await load_metrics()
+    repository = context.repository_name or repository_slug(context.repository)
+    observers = Observers(metrics=metrics, repository=repository)
+    observers.stages.append(MetricsObserver(metrics, context.pipeline, repository))
     name = github_repository(context)
     if name is None:
         step_logger().info("GitHub reporting is off: the repository has no GitHub owner/name")

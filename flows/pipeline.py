@@ -13,6 +13,8 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
+from clients.metrics import load_metrics
+from flows.identity import repository_slug
 from flows.results import StageResult, StageStatus
 from flows.summary import publish_summary
 
@@ -120,6 +122,10 @@ async def finish(
         data=data or {},
     )
     await publish_summary(summary.context.pipeline, summary.stages, summary.seconds, summary.data)
+    metrics = await load_metrics()
+    outcome = "failed" if summary.failed else "success"
+    repository = context.repository_name or repository_slug(context.repository)
+    metrics.pipeline_finished(context.pipeline, outcome, summary.seconds, repository)
     if summary.failed:
         return Failed(message=f"failed stages: {', '.join(summary.failed)}", data=summary)
     return Completed(message="all stages passed", data=summary)

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from blocks.release import DEFAULT_BLOCK_NAME, load_policy
+from flows.announce import announce_release
 from flows.approval import GateResult, wait_for_approval
 from flows.checkout import CheckoutError, checkout
 from flows.config import ConfigError, load_config
@@ -162,6 +163,7 @@ async def release_pipeline(
         previous_images=data.get("previous_images", {}),
     )
     await record_release(record)
+    await announce_release(record, flow_run.get_flow_run_ui_url())
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
     return await finish(context, stages, started, data)
 
@@ -203,7 +205,7 @@ async def _promote(
                 data["previous_images"] = previous
                 url = str(deploy.data.get("url") or "")
                 if deploy.status != StageStatus.PASSED:
-                    await observers.deployment_finished(github, False, url)
+                    await observers.deployment_finished(github, False, url, "production")
                     rolled = bool(deploy.data.get("rolled_back"))
                     return stages, data, "rolled_back" if rolled else "failed", deploy.detail
                 data["production_url"] = url
@@ -223,12 +225,12 @@ async def _promote(
                 if smoke.status == StageStatus.FAILED:
                     restored = await _roll_back(request, previous, observers)
                     stages.append(restored)
-                    await observers.deployment_finished(github, False, url)
+                    await observers.deployment_finished(github, False, url, "production")
                     if restored.status == StageStatus.PASSED:
                         why = "smoke check failed; production rolled back to the previous release"
                         return stages, data, "rolled_back", why
                     return stages, data, "failed", f"smoke check failed; {restored.detail}"
-                await observers.deployment_finished(github, True, url)
+                await observers.deployment_finished(github, True, url, "production")
     except CheckoutError as exc:
         return [*stages, _failed("checkout", str(exc))], data, "failed", str(exc)
     return stages, data, "success", "released"
