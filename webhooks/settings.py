@@ -1,0 +1,134 @@
+"""Settings of the webhook receiver, read from the environment (``GANTRY_*``).
+
+The receiver refuses to start with an empty, short or placeholder secret: a guessable secret
+would let anyone on the internet start pipelines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 16
+MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+# Values people paste from examples; compared case-insensitively, ignoring separators.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "changeme",
+        "changemeplease",
+        "secret",
+        "yoursecret",
+        "mysecret",
+        "webhooksecret",
+        "yourwebhooksecret",
+        "githubwebhooksecret",
+        "password",
+        "placeholder",
+        "example",
+        "test",
+        "todo",
+        "xxx",
+        "replaceme",
+    }
+)
+
+
+class SettingsError(ValueError):
+    """The receiver's settings are missing or unsafe; the message says which and why."""
+
+
+def _is_placeholder(value: str) -> bool:
+    folded = "".join(ch for ch in value.lower() if ch.isalnum())
+    if folded in PLACEHOLDER_SECRETS or len(set(folded)) <= 1:
+        return True
+    return any(folded == word * (len(folded) // len(word)) for word in PLACEHOLDER_SECRETS)
+
+
+def check_secret(value: SecretStr, name: str) -> SecretStr:
+    text = value.get_secret_value()
+    if not text.strip():
+        raise ValueError(f"{name} is empty; set it to the secret configured on the GitHub webhook")
+    if len(text) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{name} is shorter than {MIN_SECRET_LENGTH} characters; use a long random value "
+            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    if _is_placeholder(text):
+        raise ValueError(f"{name} is a placeholder value; use a long random value")
+    return value
+
+
+class StoreSettings(BaseSettings):
+    """Where deliveries are recorded; all that tools reading the store need (no secret)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GANTRY_", extra="ignore", hide_input_in_errors=True
+    )
+
+    webhook_store: str | None = Field(
+        default=None,
+        description="sqlite:///path, a file path, or postgresql://... (default: the state folder)",
+    )
+    home: Path = Field(default=Path(".gantry"), description="state folder")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def store_url(self) -> str:
+        if self.webhook_store:
+            return self.webhook_store
+        return f"sqlite:///{self.state_dir / 'webhooks.db'}"
+
+
+class ReceiverSettings(StoreSettings):
+    """Where the receiver listens, which secrets it accepts and where it records deliveries."""
+
+    webhook_secret: SecretStr = Field(description="the secret set on the GitHub webhook")
+    # While rotating, GitHub may still sign with the old secret: both are accepted.
+    webhook_secret_previous: SecretStr | None = None
+    host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8787, ge=1, le=65535)
+    webhook_max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
+    # The dispatcher is woken on each delivery; this poll is only a safety net.
+    webhook_poll_seconds: float = Field(default=30.0, gt=0)
+    webhook_backoff_initial: float = Field(default=0.5, gt=0)
+    webhook_backoff_cap: float = Field(default=30.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_is_safe(cls, value: SecretStr) -> SecretStr:
+        return check_secret(value, "GANTRY_WEBHOOK_SECRET")
+
+    @field_validator("webhook_secret_previous")
+    @classmethod
+    def _previous_is_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        return check_secret(value, "GANTRY_WEBHOOK_SECRET_PREVIOUS")
+
+    @property
+    def secrets(self) -> tuple[SecretStr, ...]:
+        """Every secret a delivery may be signed with, the current one first."""
+        if self.webhook_secret_previous is None:
+            return (self.webhook_secret,)
+        return (self.webhook_secret, self.webhook_secret_previous)
+
+
+def load_settings(**overrides: object) -> ReceiverSettings:
+    """Read the settings, turning validation errors into one clear message without values."""
+    try:
+        return ReceiverSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            env = f"GANTRY_{field.upper()}"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                message = "is not set"
+            problems.append(f"{env}: {message}" if env not in message else message)
+        raise SettingsError("the webhook receiver cannot start: " + "; ".join(problems)) from None
