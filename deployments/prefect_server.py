@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from deployments.logconfig import logging_env
 from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
 from deployments.settings import StackSettings, prefect_env
 
@@ -21,6 +22,8 @@ def venv_bin(name: str) -> str:
 def base_env(settings: StackSettings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(prefect_env(settings))
+    # One JSON object per log line, secrets redacted, from the server, the worker and flows.
+    env.update(logging_env())
     return env
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,21 @@ AFTER_VERIFY = ("push", "deploy-staging", "e2e")
 
 def not_reached(names: tuple[str, ...], why: str) -> list[StageResult]:
     return [StageResult(name=n, status=StageStatus.SKIPPED, detail=why) for n in names]
+
+
+def commit_time(workspace: Path, sha: str) -> datetime | None:
+    """When the change was committed: the start of its lead time to production."""
+    shown = subprocess.run(
+        ["git", "-C", str(workspace), "show", "-s", "--format=%cI", sha],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    try:
+        return datetime.fromisoformat(shown.stdout.strip()) if shown.returncode == 0 else None
+    except ValueError:
+        return None
 
 
 def merge_run_name() -> str:
@@ -103,6 +120,7 @@ async def _deliver(
                 next((s.data.get("counts", {}) for s in verified if s.name == "scan"), {})
             ),
             staging_url=url,
+            commit_time=commit_time(workspace, context.sha),
         )
         await record_candidate(candidate)
         data["release_candidate"] = candidate.id

@@ -139,3 +139,18 @@ async def record_release(record: ReleaseRecord) -> None:
 async def list_releases(slug: str, limit: int = HISTORY_LIMIT) -> list[ReleaseRecord]:
     """Newest first."""
     return [ReleaseRecord.model_validate(r) for r in await _history(release_key(slug), limit)]
+
+
+async def all_releases(limit: int = HISTORY_LIMIT) -> list[ReleaseRecord]:
+    """Release records of every repository, newest first."""
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="release-%")),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=limit,
+        )
+    keys = {a.key for a in artifacts if a.key and not a.key.startswith("release-candidate-")}
+    records: list[ReleaseRecord] = []
+    for key in sorted(keys):
+        records += [ReleaseRecord.model_validate(r) for r in await _history(key, limit)]
+    return sorted(records, key=lambda r: r.finished_at, reverse=True)

@@ -1,0 +1,52 @@
+"""`gantry dora`: delivery performance computed from the recorded production releases."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from deployments.settings import StackSettings
+
+
+def dora(
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="owner/name or slug; default: every repository.")
+    ] = None,
+    since: Annotated[str, typer.Option(help="Window: 30d, 12h, 2w or an ISO date.")] = "30d",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object for scripts.")] = False,
+) -> None:
+    """Deployment frequency, lead time, change failure rate and time to restore."""
+    from deployments.cli import prefect_settings
+    from deployments.dora import DeploymentRecord, dora_command
+    from flows.identity import slugify
+    from flows.records import all_releases
+
+    settings = StackSettings()
+    with prefect_settings(settings):
+        try:
+            releases = asyncio.run(all_releases())
+        except Exception as exc:
+            typer.echo(f"error: cannot read release records from {settings.prefect_url}: {exc}")
+            raise typer.Exit(2) from None
+    records = [
+        DeploymentRecord(
+            repository=r.repository_slug,
+            environment=r.environment,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            commit_sha=r.commit_sha,
+            commit_time=r.commit_time,
+            outcome=r.outcome,
+        )
+        for r in releases
+        if r.outcome in ("success", "failed", "rolled_back")
+    ]
+    code = dora_command(records, since, slugify(repo) if repo else None, as_json, console=Console())
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(dora)
