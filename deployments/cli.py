@@ -224,7 +224,8 @@ def demo(
 
 
 def main() -> None:
-    from deployments import cli_release
+    from deployments import cli_observe, cli_release
 
     cli_release.register(app)
+    cli_observe.register(app)
     app()
