@@ -75,7 +75,9 @@ def test_stage_finished_carries_the_stage_tag(metrics: Metrics, statsd: StatsdLi
         ),
         (
             lambda m: m.release_outcome("rolled_back", "acme/api"),
-            Datagram("gantry.release.outcome", "1", "c", ("outcome:rolled_back", "repository:acme/api")),
+            Datagram(
+                "gantry.release.outcome", "1", "c", ("outcome:rolled_back", "repository:acme/api")
+            ),
         ),
         (
             lambda m: m.dora_gauge("change_failure_rate", 0.25, None, "30d"),
