@@ -236,7 +236,10 @@ class SnykClient:
         if not isinstance(vuln, dict):
             raise SnykResponseError("POST /v1/test/pip: a vulnerability is not an object")
         try:
+            # The v1 spec names it "package"; Snyk's CLI output calls it "packageName".
             name = vuln.get("package") or vuln.get("packageName")
+            if not name:
+                raise KeyError("package")
             return Finding(
                 package=str(name),
                 version=str(vuln["version"]),

@@ -67,7 +67,12 @@ def discover(checkout: Path, globs: list[str] | None = None) -> list[tuple[Path,
     """Manifest files in ``checkout``: the ``[scan] manifests`` globs, or the default set."""
     found: dict[Path, ManifestKind] = {}
     if globs:
-        candidates = [p for pattern in globs for p in sorted(checkout.glob(pattern))]
+        candidates = []
+        for pattern in globs:
+            try:
+                candidates += sorted(checkout.glob(pattern))
+            except (ValueError, NotImplementedError) as exc:
+                raise ManifestError(f"[scan] manifests: bad glob {pattern!r} ({exc})") from exc
     else:
         candidates = sorted(checkout.glob(DEFAULT_REQUIREMENTS_GLOB))
         candidates += [checkout / name for name in ROOT_MANIFESTS]

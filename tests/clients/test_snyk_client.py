@@ -253,3 +253,28 @@ async def test_a_link_to_another_host_is_refused(snyk_api: FakeSnyk) -> None:
         assert client._next_path(f"{snyk_api.url}/rest/a?b=1") == "/rest/a?b=1"
         with pytest.raises(SnykResponseError, match="away from the Snyk API"):
             client._next_path("https://elsewhere.example/rest/a")
+
+
+async def test_a_request_slower_than_the_timeout_is_retried_then_gives_up(
+    snyk_api: FakeSnyk,
+) -> None:
+    snyk_api.fail_next(3, "slow", delay=1.0)
+    client = SnykClient(SecretStr(snyk_api.token), api_url=snyk_api.url, policy=FAST, timeout=0.2)
+    started = time.monotonic()
+    async with client:
+        with pytest.raises(SnykUnavailable, match="ReadTimeout after 3 attempts"):
+            await client.test_requirements("django==4.2.0\n")
+    assert time.monotonic() - started < 2.0
+
+
+async def test_a_vulnerability_without_a_package_is_a_response_error(
+    snyk_api: FakeSnyk,
+) -> None:
+    client = client_for(snyk_api)
+    async with client:
+        with pytest.raises(SnykResponseError, match="has no 'package'"):
+            client._v1_finding({"id": "SNYK-1", "version": "1.0", "severity": "high"})
+        with pytest.raises(SnykResponseError, match="unknown severity"):
+            client._v1_finding(
+                {"id": "SNYK-1", "package": "a", "version": "1.0", "severity": "severe"}
+            )

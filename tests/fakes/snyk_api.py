@@ -11,6 +11,7 @@ Usable without pytest (``with FakeSnyk() as snyk: ...``) and as the ``snyk_api``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import socket
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-FaultKind = Literal["rate_limit", "server_error", "malformed", "unauthorised"]
+FaultKind = Literal["rate_limit", "server_error", "malformed", "unauthorised", "slow"]
 JSONAPI = "application/vnd.api+json"
 _REQUIREMENT = re.compile(
     r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?"
@@ -55,6 +56,8 @@ class Fault:
     retry_after: str | None = None
     status: int = 500
     path_contains: str = ""
+    # For "slow": seconds before the real answer.
+    delay: float = 0.0
 
 
 @dataclass
@@ -166,13 +169,15 @@ class FakeSnyk:
         retry_after: str | None = None,
         status: int | None = None,
         path_contains: str = "",
+        delay: float = 0.0,
     ) -> None:
         """Answer the next ``count`` requests (to paths containing ``path_contains``) with a
-        fault instead of their real answer."""
+        fault instead of their real answer ("slow": the real answer, ``delay`` seconds late)."""
         default = {"rate_limit": 429, "unauthorised": 401, "malformed": 200}.get(kind, 500)
         with self._lock:
             self._faults.extend(
-                Fault(kind, retry_after, status or default, path_contains) for _ in range(count)
+                Fault(kind, retry_after, status or default, path_contains, delay)
+                for _ in range(count)
             )
 
     def requests_to(self, path_part: str) -> list[RecordedRequest]:
@@ -209,7 +214,9 @@ class FakeSnyk:
                 fault = next((f for f in self._faults if f.path_contains in request.url.path), None)
                 if fault is not None:
                     self._faults.remove(fault)
-            if fault is not None:
+            if fault is not None and fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+            elif fault is not None:
                 return self._fault(fault, rest)
             if request.headers.get("authorization") != f"token {self.token}":
                 return self._error(401, "Not authorised", rest)

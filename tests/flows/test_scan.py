@@ -254,3 +254,42 @@ async def test_an_unparsable_lock_file_fails_with_its_name(
     _, result = await run_scan(tmp_path)
     assert result.status == StageStatus.FAILED
     assert result.detail.startswith("poetry.lock: not valid TOML")
+
+
+async def test_a_scan_longer_than_its_timeout_fails(snyk_env: FakeSnyk, tmp_path: Path) -> None:
+    snyk_env.fail_next(1, "slow", delay=2.0)
+    write(tmp_path, "requirements.txt", "django==4.2.0\n")
+    _, result = await run_scan(tmp_path, Scan(timeout=0.3))
+    assert result.status == StageStatus.FAILED
+    assert result.detail.startswith("Snyk did not answer within the scan timeout")
+    assert result.seconds < 1.5
+
+
+async def test_manifests_outside_the_checkout_are_never_read(
+    snyk_env: FakeSnyk, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "checkout"
+    outside = write(tmp_path, "secret/requirements.txt", "private-pkg==1.0\n")
+    checkout.mkdir()
+    (checkout / "requirements.txt").symlink_to(outside)
+    _, result = await run_scan(checkout, Scan(manifests=["requirements.txt", "../secret/*.txt"]))
+    assert result.status == StageStatus.SKIPPED
+    assert result.detail == "no dependency manifests found"
+    assert snyk_env.requests == []
+
+
+async def test_credentials_in_requirement_options_are_not_sent(
+    snyk_env: FakeSnyk, tmp_path: Path
+) -> None:
+    write(
+        tmp_path,
+        "requirements.txt",
+        "--index-url https://user:hunter2secret@pypi.internal/simple\n"
+        "-r requirements-base.txt\n"
+        "-e .\n"
+        "private @ git+https://user:hunter2secret@git.internal/private.git\n"
+        "flask==3.0.0  # web\n",
+    )
+    await run_scan(tmp_path)
+    [request] = snyk_env.requests
+    assert request.json["files"]["target"]["contents"] == "flask==3.0.0\n"
