@@ -1,0 +1,61 @@
+"""The receiver served for real by uvicorn, in a thread with its own event loop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from webhooks.app import create_app
+from webhooks.settings import ReceiverSettings
+from webhooks.store import DeliveryStore
+
+
+class ServedReceiver:
+    """``with ServedReceiver(settings) as served:`` then talk to ``served.url``."""
+
+    def __init__(
+        self, settings: ReceiverSettings, store: DeliveryStore | None = None, **options: Any
+    ) -> None:
+        self.app = create_app(settings, store, **options)
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def store(self) -> DeliveryStore:
+        store: DeliveryStore = self.app.state.store
+        return store
+
+    def __enter__(self) -> ServedReceiver:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the receiver did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+        self.sock.close()

@@ -1,0 +1,79 @@
+"""Receiver settings: no start with an empty, short or placeholder secret; rotation; store URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhooks.settings import ReceiverSettings, SettingsError, load_settings
+
+GOOD = "3f9c1e7a5b2d8c4e6f0a1b2c3d4e5f60"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GANTRY_WEBHOOK_SECRET", "GANTRY_WEBHOOK_SECRET_PREVIOUS", "GANTRY_WEBHOOK_STORE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "",
+        "   ",
+        "short-secret",
+        "changeme",
+        "secret",
+        "your-secret",
+        "CHANGEME-CHANGEME",
+        "your_webhook_secret",
+        "x" * 40,
+        "password-password-password",
+    ],
+)
+def test_unsafe_secrets_refuse_to_start_with_a_clear_message(secret: str) -> None:
+    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_SECRET") as caught:
+        load_settings(webhook_secret=secret)
+    if len(secret.strip()) >= 10:  # shorter ones are common words of the message itself
+        assert secret not in str(caught.value)
+
+
+def test_a_missing_secret_is_named_in_the_error() -> None:
+    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_SECRET: is not set"):
+        load_settings()
+
+
+def test_the_secret_is_read_from_the_environment_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_SECRET", GOOD)
+    settings = load_settings()
+    assert settings.webhook_secret.get_secret_value() == GOOD
+    assert GOOD not in repr(settings) and GOOD not in str(settings.model_dump())
+
+
+def test_a_previous_secret_is_accepted_during_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_SECRET", GOOD)
+    monkeypatch.setenv("GANTRY_WEBHOOK_SECRET_PREVIOUS", GOOD[::-1])
+    assert [s.get_secret_value() for s in load_settings().secrets] == [GOOD, GOOD[::-1]]
+
+
+def test_an_unsafe_previous_secret_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_SECRET", GOOD)
+    monkeypatch.setenv("GANTRY_WEBHOOK_SECRET_PREVIOUS", "changeme")
+    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_SECRET_PREVIOUS"):
+        load_settings()
+
+
+def test_the_store_defaults_to_a_sqlite_file_in_the_state_folder(tmp_path: Path) -> None:
+    settings = ReceiverSettings(webhook_secret=GOOD, home=tmp_path)
+    assert settings.store_url == f"sqlite:///{tmp_path.resolve()}/webhooks.db"
+    assert settings.host == "127.0.0.1" and settings.webhook_port == 8787
+    assert settings.webhook_max_body_bytes == 25 * 1024 * 1024
+
+
+def test_a_postgresql_store_url_is_taken_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_STORE", "postgresql://gantry@db:5432/gantry")
+    settings = ReceiverSettings(webhook_secret=GOOD)
+    assert settings.store_url == "postgresql://gantry@db:5432/gantry"
