@@ -47,12 +47,22 @@ class Manifest:
     pins: list[Pin] = field(default_factory=list)
 
 
-def _kind(name: str) -> ManifestKind:
+REQUIREMENTS_SUFFIXES = (".txt", ".in")
+
+
+def _kind(path: Path, relative: str) -> ManifestKind:
+    name = path.name
     if name == "pyproject.toml":
         return "pyproject"
     if name in LOCK_FILES:
         return "poetry.lock" if name == "poetry.lock" else "uv.lock"
-    return "requirements"
+    if path.suffix in REQUIREMENTS_SUFFIXES:
+        return "requirements"
+    # Sending some other file to the pip test would "pass" it without testing anything.
+    raise ManifestError(
+        f"{relative}: not a manifest the scan understands (requirements *.txt or *.in, "
+        f"pyproject.toml, poetry.lock, uv.lock)"
+    )
 
 
 def _inside(checkout: Path, path: Path) -> bool:
@@ -80,8 +90,8 @@ def discover(checkout: Path, globs: list[str] | None = None) -> list[tuple[Path,
         relative = path.relative_to(checkout)
         if EXCLUDED_DIRS.intersection(relative.parts[:-1]) and not globs:
             continue
-        if path.is_file() and _inside(checkout, path):
-            found.setdefault(path, _kind(path.name))
+        if path.is_file() and _inside(checkout, path) and path not in found:
+            found[path] = _kind(path, relative.as_posix())
     # A lock file beside a pyproject.toml already pins everything the pyproject asks for.
     return [
         (path, kind)

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
 from blocks.snyk import SnykCredentials, load_snyk_credentials
-from clients.snyk import Finding, RetryPolicy, SnykClient, SnykError
+from clients.snyk import Finding, RetryPolicy, SnykAuthError, SnykClient, SnykError
 from flows.config import SEVERITY_ORDER, Scan
 from flows.logs import StepLogger, step_logger
 from flows.manifests import Manifest, ManifestError, load_manifests
@@ -145,7 +145,8 @@ def judge(
         return _result(
             StageStatus.PASSED,
             started,
-            f"no known vulnerabilities in {len(manifests)} manifests",
+            f"no known vulnerabilities in {len(manifests)} manifest"
+            + ("s" if len(manifests) != 1 else ""),
             data,
         )
     below = ", ".join(f"{n} {sev}" for sev, n in counts.items() if n)
@@ -191,6 +192,8 @@ async def scan_dependencies(
         return _result(StageStatus.FAILED, started, detail, {"manifests": paths})
     except SnykError as exc:
         detail = f"Snyk scan failed: {exc.message}"
+        if isinstance(exc, SnykAuthError):
+            detail += " (check the token and org id in the gantry-snyk block or SNYK_TOKEN)"
         logger.error("scan: %s", detail)
         return _result(StageStatus.FAILED, started, detail, {"manifests": paths})
     state = judge(findings, scan, paths, started)

@@ -293,3 +293,23 @@ async def test_credentials_in_requirement_options_are_not_sent(
     await run_scan(tmp_path)
     [request] = snyk_env.requests
     assert request.json["files"]["target"]["contents"] == "flask==3.0.0\n"
+
+
+async def test_a_configured_file_of_unknown_kind_fails_instead_of_passing_untested(
+    snyk_env: FakeSnyk, tmp_path: Path
+) -> None:
+    write(tmp_path, "package.json", "{}\n")
+    _, result = await run_scan(tmp_path, Scan(manifests=["package.json"]))
+    assert result.status == StageStatus.FAILED
+    assert result.detail.startswith("package.json: not a manifest the scan understands")
+    assert snyk_env.requests == []
+
+
+async def test_a_rejected_token_fails_with_a_hint(snyk_env: FakeSnyk, tmp_path: Path) -> None:
+    snyk_env.fail_next(1, "unauthorised")
+    write(tmp_path, "requirements.txt", "django==4.2.0\n")
+    _, result = await run_scan(tmp_path)
+    assert result.status == StageStatus.FAILED
+    assert result.detail.endswith(
+        "(check the token and org id in the gantry-snyk block or SNYK_TOKEN)"
+    )
