@@ -224,8 +224,9 @@ def demo(
 
 
 def main() -> None:
-    from deployments import cli_observe, cli_release
+    from deployments import cli_observe, cli_release, cli_webhooks
 
     cli_release.register(app)
     cli_observe.register(app)
+    app.add_typer(cli_webhooks.app, name="webhooks")
     app()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from deployments.engine import ContainerEngine
 from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
-from deployments.processes import ManagedProcess, StackError, wait_until
+from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
 from deployments.settings import StackSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -52,6 +55,7 @@ class Stack:
         self.settings = settings or StackSettings()
         self.server = PrefectServer(self.settings)
         self.worker = ManagedProcess("worker", self.settings.state_dir / "run")
+        self.receiver = ManagedProcess("webhooks", self.settings.state_dir / "run")
         self.registry = Registry(
             self.settings.state_dir / "registry", self.settings.registry_port, self.settings.host
         )
@@ -132,11 +136,46 @@ class Stack:
             self.worker.start(argv, worker_env(self.settings), cwd=PROJECT_DIR)
             if not wait_until(self._worker_polling, 60, 0.5):
                 raise StackError(f"the worker did not start:\n{self.worker.log_tail()}")
+        if not self.receiver.running():
+            progress("starting the webhook receiver")
+            self._start_receiver()
         return self.status()
+
+    def webhook_secret(self) -> str:
+        """GANTRY_WEBHOOK_SECRET, or one generated once and kept (0600) in the state folder."""
+        given = os.environ.get("GANTRY_WEBHOOK_SECRET")
+        if given:
+            return given
+        path = self.settings.state_dir / "webhook-secret"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path.read_text().strip()
+
+    def _start_receiver(self) -> None:
+        if not port_is_free(self.settings.host, self.settings.webhook_port):
+            raise StackError(
+                f"port {self.settings.webhook_port} on {self.settings.host} is taken by another "
+                "program; stop it or set GANTRY_WEBHOOK_PORT to a free port"
+            )
+        env = worker_env(self.settings)
+        env["GANTRY_WEBHOOK_SECRET"] = self.webhook_secret()
+        self.receiver.start([venv_bin("gantry"), "webhooks", "serve"], env, cwd=PROJECT_DIR)
+        if not wait_until(self._receiver_up, 60, 0.3):
+            raise StackError(f"the webhook receiver did not start:\n{self.receiver.log_tail()}")
+
+    def _receiver_up(self) -> bool:
+        try:
+            url = f"http://{self.settings.host}:{self.settings.webhook_port}/healthz"
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop what `up` started; ``purge`` also deletes the engine's images and containers."""
         stopped = []
+        if self.receiver.stop():
+            stopped.append("webhooks")
         if self.worker.stop():
             stopped.append("worker")
         if self.server.stop():
@@ -162,6 +201,7 @@ class Stack:
                 self.worker.running(),
                 f"pool {s.work_pool}",
             ),
+            PartStatus("webhooks", s.webhook_url, self._receiver_up()),
             PartStatus("engine", self.engine.docker_host, self.engine.is_up()),
             PartStatus("registry", self.registry.url, self.registry.is_up()),
         ]

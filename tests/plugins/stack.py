@@ -11,6 +11,9 @@ import pytest
 from deployments.processes import free_port, port_is_free
 from deployments.settings import StackSettings
 from deployments.stack import Stack
+from tests.fakes.github_api import FakeGitHub
+
+WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
 
 
 def stack_environment(settings: StackSettings) -> dict[str, str]:
@@ -35,7 +38,16 @@ def free_port_pair() -> int:
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def session_github() -> Iterator[FakeGitHub]:
+    """A GitHub API stand-in on loopback that every flow run of the session reports to."""
+    with FakeGitHub() as github:
+        yield github
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    tmp_path_factory: pytest.TempPathFactory, session_github: FakeGitHub
+) -> Iterator[Stack]:
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     home: Path = tmp_path_factory.mktemp("gantry-home")
@@ -48,7 +60,13 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         staging_port=staging,
         production_port=staging + 1,
     )
-    env = stack_environment(settings)
+    env = {
+        **stack_environment(settings),
+        # Runs that name a GitHub repository report their statuses to the stand-in.
+        "GANTRY_GITHUB_TOKEN": session_github.token,
+        "GANTRY_GITHUB_API_URL": session_github.url,
+        "GANTRY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     stack = Stack(settings)

@@ -1,0 +1,123 @@
+"""With the local stack up, a signed GitHub delivery starts exactly one pipeline run."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+
+from deployments.stack import Stack
+from tests.fakes.github_api import FakeGitHub
+from tests.plugins.gitrepo import GitRepo, gantry_toml
+from tests.plugins.stack import WEBHOOK_SECRET
+
+pytestmark = pytest.mark.slow
+PY = sys.executable
+
+
+def post(stack: Stack, event: str, payload: dict[str, Any], delivery: str, secret: str) -> int:
+    body = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    response = httpx.post(
+        stack.settings.webhook_url,
+        content=body,
+        headers={
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": signature,
+            "Content-Type": "application/json",
+        },
+        timeout=10,
+    )
+    return response.status_code
+
+
+def runs_for(delivery: str) -> list[FlowRun]:
+    async def read() -> list[FlowRun]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"delivery:{delivery}"]))
+            )
+
+    return asyncio.run(read())
+
+
+def wait_final(run_id: uuid.UUID, timeout: float = 180) -> FlowRun:
+    async def read() -> FlowRun:
+        async with get_client() as client:
+            return await client.read_flow_run(run_id)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = asyncio.run(read())
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def pr_payload(repo: GitRepo, sha: str, number: int, branch: str) -> dict[str, Any]:
+    return {
+        "action": "opened",
+        "number": number,
+        "repository": {"full_name": "acme/hooked", "clone_url": str(repo.path)},
+        "pull_request": {
+            "draft": False,
+            "head": {"ref": branch, "sha": sha, "repo": {"full_name": "acme/hooked"}},
+            "base": {"ref": "main", "sha": sha, "repo": {"full_name": "acme/hooked"}},
+        },
+    }
+
+
+def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
+    local_stack: Stack, session_github: FakeGitHub, make_repo: Callable[[str], GitRepo]
+) -> None:
+    repo = make_repo("hooked")
+    sha = repo.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "print('ok')"])})
+    delivery = str(uuid.uuid4())
+    branch = 'zzz";echo${IFS}"hello";#$(id)'
+    payload = pr_payload(repo, sha, 42, branch)
+    assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) == 202
+    # The same delivery again (GitHub redelivers with the same id) starts nothing more.
+    assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) in (200, 202)
+    deadline = time.monotonic() + 60
+    while not runs_for(delivery) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    runs = runs_for(delivery)
+    assert len(runs) == 1
+    assert runs[0].parameters["sha"] == sha
+    assert runs[0].parameters["pr_number"] == 42
+    assert runs[0].parameters["head_ref"] == branch  # inert data, exactly as sent
+    finished = wait_final(runs[0].id)
+    assert finished.state is not None and finished.state.is_completed()
+    statuses = [r for r in session_github.requests_to(f"/statuses/{sha}") if r.method == "POST"]
+    contexts = {(r.json["context"], r.json["state"]) for r in statuses}
+    assert ("gantry/lint", "pending") in contexts
+    assert ("gantry/lint", "success") in contexts
+    assert all(r.headers["authorization"] == f"Bearer {session_github.token}" for r in statuses)
+    time.sleep(2)
+    assert len(runs_for(delivery)) == 1
+
+
+def test_a_bad_signature_starts_nothing(
+    local_stack: Stack, make_repo: Callable[[str], GitRepo]
+) -> None:
+    repo = make_repo("unsigned")
+    sha = repo.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "1"])})
+    delivery = str(uuid.uuid4())
+    payload = pr_payload(repo, sha, 7, "feature")
+    assert post(local_stack, "pull_request", payload, delivery, "wrong-secret-0123456789") == 401
+    time.sleep(3)
+    assert runs_for(delivery) == []
