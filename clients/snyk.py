@@ -131,11 +131,34 @@ def _strings(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _fixed_in_v1(vuln: dict[str, Any], package: str) -> list[str]:
+    """``fixedIn`` when given; else the vulnerable package's own step of ``upgradePath``.
+
+    ``upgradePath`` runs parallel to ``from``: ``false`` where nothing changes, ``"pkg@ver"``
+    where an upgrade is needed. Its step for the vulnerable package (the last one) is the
+    fixed version; an upgrade of some other package is a remedy, not a fixed version.
+    """
+    fixed = _strings(vuln.get("fixedIn"))
+    if fixed:
+        return fixed
+    steps = vuln.get("upgradePath")
+    last = steps[-1] if isinstance(steps, list) and steps else None
+    if isinstance(last, str) and "@" in last[1:]:
+        name, _, version = last.rpartition("@")
+        if _pypi_name(name) == _pypi_name(package) and version:
+            return [version]
+    return []
+
+
+def _pypi_name(name: str) -> str:
+    # The PyPI rule (PEP 503): lower case, runs of "-", "_", "." are one "-".
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def purl(ecosystem: str, name: str, version: str) -> str:
     """The package URL Snyk's REST API expects, e.g. ``pkg:pypi/django@4.2.14``."""
     if ecosystem == "pypi":
-        # The purl spec for PyPI: lower case, runs of "-", "_", "." become "-".
-        name = re.sub(r"[-_.]+", "-", name).lower()
+        name = _pypi_name(name)
     return f"pkg:{ecosystem}/{quote(name, safe='/')}@{quote(version, safe='')}"
 
 
@@ -247,7 +270,7 @@ class SnykClient:
                 id=str(vuln["id"]),
                 title=str(vuln.get("title") or vuln["id"]),
                 url=str(vuln["url"]) if vuln.get("url") else None,
-                fixed_in=_strings(vuln.get("fixedIn")),
+                fixed_in=_fixed_in_v1(vuln, str(name)),
                 from_path=_strings(vuln.get("from")),
             )
         except KeyError as exc:

@@ -278,3 +278,39 @@ async def test_a_vulnerability_without_a_package_is_a_response_error(
             client._v1_finding(
                 {"id": "SNYK-1", "package": "a", "version": "1.0", "severity": "severe"}
             )
+
+
+@pytest.mark.parametrize(
+    ("upgrade_path", "fixed_in"),
+    [
+        ([False, "django@4.2.14"], ["4.2.14"]),  # the vulnerable package's own step
+        ([False, "Django_Core@1.2"], []),  # another package's step is not a fixed version
+        (["flask@3.0.3", False], []),  # fixed by upgrading the direct dependency only
+        ([], []),  # not upgradable
+        ("django@4.2.14", []),  # not the documented list
+    ],
+)
+def test_without_fixed_in_the_upgrade_path_names_the_fixed_version(
+    upgrade_path: object, fixed_in: list[str]
+) -> None:
+    vuln = {
+        "id": "SNYK-PYTHON-DJANGO-1",
+        "package": "Django",
+        "version": "4.2.0",
+        "severity": "high",
+        "from": ["flask@3.0.0", "django@4.2.0"],
+        "upgradePath": upgrade_path,
+    }
+    assert SnykClient._v1_finding(vuln).fixed_in == fixed_in
+
+
+def test_fixed_in_wins_over_the_upgrade_path() -> None:
+    vuln = {
+        "id": "SNYK-PYTHON-DJANGO-1",
+        "package": "django",
+        "version": "4.2.0",
+        "severity": "high",
+        "fixedIn": ["4.2.14", "5.0.7"],
+        "upgradePath": [False, "django@4.2.14"],
+    }
+    assert SnykClient._v1_finding(vuln).fixed_in == ["4.2.14", "5.0.7"]
