@@ -258,7 +258,7 @@ async def test_a_link_to_another_host_is_refused(snyk_api: FakeSnyk) -> None:
 async def test_a_request_slower_than_the_timeout_is_retried_then_gives_up(
     snyk_api: FakeSnyk,
 ) -> None:
-    snyk_api.fail_next(3, "slow", delay=1.0)
+    snyk_api.fail_next(3, "slow", delay=0.5)
     client = SnykClient(SecretStr(snyk_api.token), api_url=snyk_api.url, policy=FAST, timeout=0.2)
     started = time.monotonic()
     async with client:
