@@ -52,10 +52,17 @@ async def _scan_manifest(
         async with gate:
             return await client.package_issues(ecosystem, name, version)
 
-    per_package = await asyncio.gather(
-        *(one(pin.ecosystem, pin.name, pin.version) for pin in manifest.pins)
-    )
-    return [finding for findings in per_package for finding in findings]
+    # A task group, not gather: the first failure cancels the lookups still in flight, so none
+    # outlives the client or keeps asking Snyk with a token it just refused.
+    try:
+        async with asyncio.TaskGroup() as group:
+            lookups = [
+                group.create_task(one(pin.ecosystem, pin.name, pin.version))
+                for pin in manifest.pins
+            ]
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [finding for lookup in lookups for finding in lookup.result()]
 
 
 async def collect_findings(

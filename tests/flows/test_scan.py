@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import socket
 from pathlib import Path
@@ -257,7 +259,7 @@ async def test_an_unparsable_lock_file_fails_with_its_name(
 
 
 async def test_a_scan_longer_than_its_timeout_fails(snyk_env: FakeSnyk, tmp_path: Path) -> None:
-    snyk_env.fail_next(1, "slow", delay=2.0)
+    snyk_env.fail_next(1, "slow", delay=0.8)
     write(tmp_path, "requirements.txt", "django==4.2.0\n")
     _, result = await run_scan(tmp_path, Scan(timeout=0.3))
     assert result.status == StageStatus.FAILED
@@ -313,3 +315,28 @@ async def test_a_rejected_token_fails_with_a_hint(snyk_env: FakeSnyk, tmp_path: 
     assert result.detail.endswith(
         "(check the token and org id in the gantry-snyk block or SNYK_TOKEN)"
     )
+
+
+async def test_a_failing_pin_stops_the_other_lookups_and_leaves_nothing_running(
+    snyk_env: FakeSnyk, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pins = "".join(
+        f'[[package]]\nname = "pkg{n}"\nversion = "1.0"\n'
+        'source = { registry = "https://pypi.org/simple" }\n\n'
+        for n in range(12)
+    )
+    write(tmp_path, "uv.lock", "version = 1\n\n" + pins)
+    snyk_env.fail_next(1, "unauthorised", path_contains="/issues")
+    snyk_env.fail_next(3, "slow", delay=0.3, path_contains="/issues")
+
+    _, result = await run_scan(tmp_path)
+
+    assert result.status == StageStatus.FAILED
+    assert "HTTP 401" in result.detail
+    # The lookups still in flight were cancelled with the stage, not left to fail on their own.
+    leftovers = [t for t in asyncio.all_tasks() if "_scan_manifest" in repr(t.get_coro())]
+    assert leftovers == []
+    await asyncio.sleep(0.5)
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+    assert len(snyk_env.requests_to("/issues")) <= 4
