@@ -7,6 +7,8 @@ without a lock beside it contributes its ``[project].dependencies`` as a require
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 ManifestKind = Literal["requirements", "pyproject", "poetry.lock", "uv.lock"]
 
-DEFAULT_REQUIREMENTS_GLOB = "**/requirements*.txt"
+REQUIREMENTS_NAME = "requirements*.txt"
 ROOT_MANIFESTS = ("pyproject.toml", "poetry.lock", "uv.lock")
 LOCK_FILES = ("poetry.lock", "uv.lock")
 EXCLUDED_DIRS = frozenset({".git", ".venv", "node_modules"})
@@ -73,6 +75,24 @@ def _inside(checkout: Path, path: Path) -> bool:
         return False
 
 
+def _requirements_files(checkout: Path) -> list[Path]:
+    """``requirements*.txt`` anywhere in the checkout, outside the excluded folders.
+
+    A walk that prunes those folders rather than a ``**`` glob filtered afterwards: a
+    node_modules or virtualenv can hold hundreds of thousands of files not worth listing.
+    """
+    found: list[Path] = []
+    for folder, dirnames, filenames in os.walk(checkout):
+        # In place, so the walk never descends into them; sorted for a stable order.
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
+        found += [
+            Path(folder, name)
+            for name in sorted(filenames)
+            if fnmatch.fnmatchcase(name, REQUIREMENTS_NAME)
+        ]
+    return found
+
+
 def discover(checkout: Path, globs: list[str] | None = None) -> list[tuple[Path, ManifestKind]]:
     """Manifest files in ``checkout``: the ``[scan] manifests`` globs, or the default set."""
     found: dict[Path, ManifestKind] = {}
@@ -84,12 +104,10 @@ def discover(checkout: Path, globs: list[str] | None = None) -> list[tuple[Path,
             except (ValueError, NotImplementedError) as exc:
                 raise ManifestError(f"[scan] manifests: bad glob {pattern!r} ({exc})") from exc
     else:
-        candidates = sorted(checkout.glob(DEFAULT_REQUIREMENTS_GLOB))
+        candidates = _requirements_files(checkout)
         candidates += [checkout / name for name in ROOT_MANIFESTS]
     for path in candidates:
         relative = path.relative_to(checkout)
-        if EXCLUDED_DIRS.intersection(relative.parts[:-1]) and not globs:
-            continue
         if path.is_file() and _inside(checkout, path) and path not in found:
             found[path] = _kind(path, relative.as_posix())
     # A lock file beside a pyproject.toml already pins everything the pyproject asks for.
