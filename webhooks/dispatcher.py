@@ -122,8 +122,8 @@ class Dispatcher:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 continue
             except Exception:
-                # The store failed: nothing is lost (GitHub was not answered 202); try later.
-                logger.exception("the dispatcher could not read the delivery store")
+                # The store or the client setup failed: nothing is lost, try again later.
+                logger.exception("dispatch pass failed; pending deliveries stay pending")
                 self.failures += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.backoff.delay(self.failures))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import threading
 import time
@@ -28,8 +29,14 @@ class ServedReceiver:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
+        # The thread runs in a copy of this context: Prefect settings made temporary by a
+        # fixture (its API URL) apply to the served app too.
+        context = contextvars.copy_context()
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+            target=context.run,
+            args=(self.server.run,),
+            kwargs={"sockets": [self.sock]},
+            daemon=True,
         )
 
     @property

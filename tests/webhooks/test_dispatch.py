@@ -1,0 +1,274 @@
+"""Deliveries become flow runs on a real Prefect server: once each, whatever arrives twice,
+through an outage of the server and a restart of the receiver; PR runs supersede older ones.
+
+Stand-in flows are deployed (no worker): a flow run created in the Scheduled state is what a
+dispatch produces. One Prefect server serves the whole module; the outage test stops and
+restarts it, so it runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Running
+
+from deployments.prefect_server import PrefectServer
+from tests.webhooks import payloads
+from tests.webhooks.flows_for_tests import register_deployments
+from tests.webhooks.served import ServedReceiver
+from webhooks.events import PipelineRequest, map_event
+from webhooks.settings import ReceiverSettings
+from webhooks.store import Delivery, DeliveryStore, SqliteStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(180)]
+URL_PATH = "/webhooks/github"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: PrefectServer) -> PrefectServer:
+    asyncio.run(register_deployments())
+    return prefect_server
+
+
+def receiver_settings(home: Path) -> ReceiverSettings:
+    return ReceiverSettings(
+        webhook_secret=payloads.SECRET,
+        home=home,
+        webhook_poll_seconds=30,
+        webhook_backoff_initial=0.2,
+        webhook_backoff_cap=1.0,
+    )
+
+
+@pytest.fixture
+def served(deployed: PrefectServer, tmp_path: Path) -> Iterator[ServedReceiver]:
+    with ServedReceiver(receiver_settings(tmp_path)) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def http(served: ServedReceiver) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=served.url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def prefect(deployed: PrefectServer) -> AsyncIterator[PrefectClient]:
+    async with get_client() as client:
+        yield client
+
+
+async def post(
+    http: httpx.AsyncClient, event: str, payload: dict[str, Any], delivery_id: str
+) -> httpx.Response:
+    body, headers = payloads.signed(event, payload, delivery_id=delivery_id)
+    return await http.post(URL_PATH, content=body, headers=headers)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+def dispatched(store: DeliveryStore, delivery_id: str) -> Callable[[], bool]:
+    def check() -> bool:
+        found = store.get(delivery_id)
+        return found is not None and found.status == "dispatched"
+
+    return check
+
+
+async def runs_tagged(client: PrefectClient, *tags: str) -> list[FlowRun]:
+    return await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags)))
+    )
+
+
+async def test_a_pr_delivery_becomes_one_scheduled_flow_run_named_and_tagged(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    delivery_id = payloads.new_delivery_id()
+    response = await post(http, "pull_request", payloads.pull_request(number=4201), delivery_id)
+    assert response.status_code == 202
+    await eventually(dispatched(served.store, delivery_id))
+
+    recorded = served.store.get(delivery_id)
+    assert recorded is not None and recorded.flow_run_id is not None
+    run = await prefect.read_flow_run(UUID(recorded.flow_run_id))
+    assert run.name == f"pr-4201-{payloads.SHA[:7]}"
+    assert {"repo:acme/api", "pr:4201", f"delivery:{delivery_id}"} <= set(run.tags)
+    assert run.idempotency_key == delivery_id
+    assert run.state_type == StateType.SCHEDULED
+    assert run.parameters == {
+        "repository": "https://github.com/acme/api.git",
+        "sha": payloads.SHA,
+        "pr_number": 4201,
+        "head_ref": "feature/x",
+        "fork": False,
+        "repository_name": "acme/api",
+    }
+
+
+async def test_fifty_concurrent_duplicates_make_exactly_one_flow_run(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    delivery_id = payloads.new_delivery_id()
+    responses = await asyncio.gather(
+        *(post(http, "push", payloads.push(), delivery_id) for _ in range(50))
+    )
+    assert sorted(r.json()["status"] for r in responses) == ["accepted"] + ["duplicate"] * 49
+    await eventually(dispatched(served.store, delivery_id))
+    # A later redelivery of the same GUID changes nothing either.
+    again = await post(http, "push", payloads.push(), delivery_id)
+    assert again.json()["status"] == "duplicate"
+    await asyncio.sleep(0.5)
+    runs = await runs_tagged(prefect, f"delivery:{delivery_id}")
+    assert len(runs) == 1
+    assert runs[0].name == f"merge-main-{payloads.SHA[:7]}"
+
+
+async def test_a_release_delivery_starts_the_release_deployment(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    delivery_id = payloads.new_delivery_id()
+    await post(http, "release", payloads.release(tag="v9.9.9"), delivery_id)
+    await eventually(dispatched(served.store, delivery_id))
+    (run,) = await runs_tagged(prefect, f"delivery:{delivery_id}")
+    deployment = await prefect.read_deployment(run.deployment_id)  # type: ignore[arg-type]
+    assert deployment.name == "release"
+    assert run.parameters["tag"] == "v9.9.9" and run.parameters["triggered_by"] == "github:releaser"
+
+
+INJECTIONS = [
+    'zzz";echo${IFS}"hello";#',
+    "$(id)",
+    "a\nb\r\nc",
+    "`touch {marker}`",
+    "$(touch {marker})",
+    ";touch {marker};",
+]
+
+
+async def test_hostile_branch_names_arrive_as_inert_parameters(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    for number, template in enumerate(INJECTIONS, start=900):
+        ref = template.replace("{marker}", str(marker))
+        delivery_id = payloads.new_delivery_id()
+        payload = payloads.pull_request(number=number, head_ref=ref)
+        await post(http, "pull_request", payload, delivery_id)
+        await eventually(dispatched(served.store, delivery_id))
+        (run,) = await runs_tagged(prefect, f"delivery:{delivery_id}")
+        assert run.parameters["head_ref"] == ref
+        assert run.name == f"pr-{number}-{payloads.SHA[:7]}"
+    assert not marker.exists()
+    assert not Path("hello").exists()
+
+
+async def test_a_newer_push_cancels_the_older_pr_runs_but_not_merge_runs(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    async def deliver(event: str, payload: dict[str, Any]) -> FlowRun:
+        delivery_id = payloads.new_delivery_id()
+        assert (await post(http, event, payload, delivery_id)).status_code == 202
+        await eventually(dispatched(served.store, delivery_id))
+        recorded = served.store.get(delivery_id)
+        assert recorded is not None and recorded.flow_run_id is not None
+        return await prefect.read_flow_run(UUID(recorded.flow_run_id))
+
+    merge = await deliver("push", payloads.push(after="c" * 40))
+    other_pr = await deliver("pull_request", payloads.pull_request(number=78, sha="d" * 40))
+    waiting = await deliver("pull_request", payloads.pull_request(number=77, sha="e" * 40))
+    running = await deliver(
+        "pull_request", payloads.pull_request(action="synchronize", number=77, sha="f" * 40)
+    )
+    await prefect.set_flow_run_state(running.id, Running(), force=True)
+
+    newest = await deliver(
+        "pull_request", payloads.pull_request(action="synchronize", number=77, sha=payloads.SHA2)
+    )
+
+    async def state_of(run: FlowRun) -> StateType | None:
+        return (await prefect.read_flow_run(run.id)).state_type
+
+    assert await state_of(waiting) == StateType.CANCELLED
+    assert await state_of(running) == StateType.CANCELLING
+    assert await state_of(newest) == StateType.SCHEDULED
+    assert await state_of(other_pr) == StateType.SCHEDULED
+    assert await state_of(merge) == StateType.SCHEDULED
+
+
+def attempts(store: DeliveryStore, delivery_id: str) -> int:
+    found = store.get(delivery_id)
+    return found.attempts if found else 0
+
+
+def pending_delivery(delivery_id: str, number: int) -> Delivery:
+    payload = payloads.pull_request(number=number)
+    request = map_event("pull_request", delivery_id, payload)
+    assert isinstance(request, PipelineRequest)
+    return Delivery(
+        id=delivery_id, event="pull_request", payload=json.dumps(payload), request=request
+    )
+
+
+async def test_a_restarted_receiver_dispatches_what_was_left_pending(
+    deployed: PrefectServer, tmp_path: Path, prefect: PrefectClient
+) -> None:
+    store = SqliteStore(tmp_path / "webhooks.db")
+    left = [payloads.new_delivery_id() for _ in range(3)]
+    for number, delivery_id in enumerate(left, start=600):
+        assert store.add(pending_delivery(delivery_id, number))
+
+    with ServedReceiver(receiver_settings(tmp_path), SqliteStore(tmp_path / "webhooks.db")):
+        await eventually(lambda: all(dispatched(store, d)() for d in left))
+    for delivery_id in left:
+        assert len(await runs_tagged(prefect, f"delivery:{delivery_id}")) == 1
+
+
+async def test_deliveries_during_a_prefect_outage_are_kept_and_dispatched_once_after(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    ids = [payloads.new_delivery_id() for _ in range(5)]
+    with ServedReceiver(receiver_settings(tmp_path)) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=15) as http:
+            await asyncio.to_thread(deployed.stop)
+            try:
+                for number, delivery_id in enumerate(ids, start=500):
+                    payload = payloads.pull_request(number=number)
+                    response = await post(http, "pull_request", payload, delivery_id)
+                    assert response.status_code == 202
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503 and ready.json()["prefect"] == "unreachable"
+                # The dispatcher keeps trying (and backing off) while the server is down;
+                # each pass stops at the oldest delivery, which counts the attempts.
+                await eventually(lambda: attempts(served.store, ids[0]) >= 2)
+                assert {d.id for d in served.store.pending()} == set(ids)
+            finally:
+                await asyncio.to_thread(deployed.start)
+            await eventually(lambda: all(dispatched(served.store, d)() for d in ids), 60)
+            assert (await http.get("/readyz")).status_code == 200
+
+    async with get_client() as prefect:
+        for delivery_id in ids:
+            assert len(await runs_tagged(prefect, f"delivery:{delivery_id}")) == 1
