@@ -58,14 +58,13 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
-def _transient(exc: BaseException) -> bool:
-    """Errors that may pass by themselves: retry later instead of giving up on the delivery."""
+def _unavailable(exc: BaseException) -> bool:
+    """The API itself is down or overloaded: every delivery would fail the same way now."""
     if isinstance(exc, httpx.TransportError | TimeoutError | OSError):
         return True
     if isinstance(exc, PrefectHTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
-    # A deployment that does not exist yet may be registered soon (`gantry up` in progress).
-    return isinstance(exc, ObjectNotFound)
+    return False
 
 
 def _describe(exc: BaseException) -> str:
@@ -83,12 +82,14 @@ class Dispatcher:
         poll_seconds: float = 30.0,
         backoff: Backoff | None = None,
         batch: int = 100,
+        max_attempts: int = 100,
         client_factory: ClientFactory = get_client,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
         self.backoff = backoff or Backoff()
         self.batch = batch
+        self.max_attempts = max_attempts
         self.client_factory = client_factory
         self.failures = 0
         self._wake = asyncio.Event()
@@ -135,7 +136,7 @@ class Dispatcher:
     async def drain(self) -> int:
         """Dispatch every pending delivery, oldest first; how many became flow runs.
 
-        Raises PrefectUnavailable at the first transient failure (the rest stay pending).
+        Raises PrefectUnavailable when the API is unreachable (the rest stay pending).
         """
         dispatched = 0
         while True:
@@ -143,11 +144,14 @@ class Dispatcher:
             get_metrics().webhook_backlog(len(pending))
             if not pending:
                 return dispatched
+            in_batch = 0
             async with self.client_factory() as client:
                 for delivery in pending:
                     if await self.dispatch(client, delivery) is not None:
-                        dispatched += 1
-            if len(pending) < self.batch:
+                        in_batch += 1
+            dispatched += in_batch
+            # A full batch that moved nothing holds only deliveries waiting for a retry.
+            if len(pending) < self.batch or in_batch == 0:
                 get_metrics().webhook_backlog(await asyncio.to_thread(self.store.count_pending))
                 return dispatched
 
@@ -174,9 +178,15 @@ class Dispatcher:
 
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         reason = _describe(exc)
-        if _transient(exc):
+        if _unavailable(exc):
             await asyncio.to_thread(self.store.record_attempt, delivery.id, reason)
             raise PrefectUnavailable(reason) from exc
+        if isinstance(exc, ObjectNotFound) and delivery.attempts + 1 < self.max_attempts:
+            # The deployment may not be registered yet (a stack still starting): this delivery
+            # waits for the next pass; the ones behind it go on.
+            logger.warning("deployment not found, delivery kept for a later pass: %s", reason)
+            await asyncio.to_thread(self.store.record_attempt, delivery.id, reason)
+            return
         logger.error("delivery cannot be dispatched: %s", reason)
         await asyncio.to_thread(self.store.mark_failed, delivery.id, reason)
 

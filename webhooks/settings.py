@@ -50,13 +50,13 @@ def check_secret(value: SecretStr, name: str) -> SecretStr:
     text = value.get_secret_value()
     if not text.strip():
         raise ValueError(f"{name} is empty; set it to the secret configured on the GitHub webhook")
+    if _is_placeholder(text):
+        raise ValueError(f"{name} is a placeholder value; use a long random value")
     if len(text) < MIN_SECRET_LENGTH:
         raise ValueError(
             f"{name} is shorter than {MIN_SECRET_LENGTH} characters; use a long random value "
             "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
-    if _is_placeholder(text):
-        raise ValueError(f"{name} is a placeholder value; use a long random value")
     return value
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -244,6 +245,37 @@ async def test_a_restarted_receiver_dispatches_what_was_left_pending(
         await eventually(lambda: all(dispatched(store, d)() for d in left))
     for delivery_id in left:
         assert len(await runs_tagged(prefect, f"delivery:{delivery_id}")) == 1
+
+
+async def test_a_refused_delivery_fails_and_a_missing_deployment_blocks_nothing(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "webhooks.db")
+    now = datetime.now(UTC)
+
+    def variant(number: int, minutes_ago: int, **changes: Any) -> Delivery:
+        base = pending_delivery(payloads.new_delivery_id(), number)
+        assert base.request is not None
+        request = base.request.model_copy(update=changes)
+        received = now - timedelta(minutes=minutes_ago)
+        return base.model_copy(update={"request": request, "received_at": received})
+
+    missing = variant(700, 3, deployment="no-such-flow/none")
+    pr = pending_delivery(payloads.new_delivery_id(), 702).request
+    assert pr is not None
+    refused = variant(701, 2, parameters={**pr.parameters, "sha": 123})
+    fine = variant(702, 1)
+    for delivery in (missing, refused, fine):
+        assert store.add(delivery)
+
+    with ServedReceiver(receiver_settings(tmp_path), SqliteStore(tmp_path / "webhooks.db")):
+        await eventually(dispatched(store, fine.id))
+        await eventually(lambda: getattr(store.get(refused.id), "status", None) == "failed")
+    kept = store.get(missing.id)
+    assert kept is not None and kept.status == "pending" and kept.attempts >= 1
+    assert kept.last_error is not None and "ObjectNotFound" in kept.last_error
+    failed = store.get(refused.id)
+    assert failed is not None and failed.last_error
 
 
 async def test_deliveries_during_a_prefect_outage_are_kept_and_dispatched_once_after(
