@@ -170,10 +170,12 @@ class Dispatcher:
                 except Exception as exc:
                     await self._failed(delivery, exc)
                     return None
+                if request.pipeline == "pr":
+                    # Before marking: "dispatched" means the older runs are cancelled too. A
+                    # crash in between redispatches to the same run (same idempotency key).
+                    await self.supersede(client, request, flow_run)
                 await asyncio.to_thread(self.store.mark_dispatched, delivery.id, str(flow_run.id))
                 logger.info("delivery dispatched as flow run %s (%s)", flow_run.name, flow_run.id)
-                if request.pipeline == "pr":
-                    await self.supersede(client, request, flow_run)
                 return flow_run
 
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
