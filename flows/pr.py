@@ -17,6 +17,7 @@ from flows.observers import pipeline_observers
 from flows.pipeline import PipelineSummary, RunContext, StageCall, StageObserver, finish, run_stages
 from flows.results import StageResult, StageStatus, stage_state
 from flows.runtime import docker_host, registry_address
+from flows.scan import scan_dependencies
 
 
 def check_stage_calls(
@@ -65,9 +66,13 @@ def verification_stage_calls(
     context: RunContext, config: GantryConfig, workspace: Path, no_cache: bool = False
 ) -> list[tuple[str, StageCall]]:
     """Everything the PR pipeline verifies; the merge pipeline runs the same before it pushes."""
+    scan = scan_dependencies.with_options(task_run_name="scan")(
+        workspace, config.scan, context.fork, return_state=True
+    )
     return [
         *check_stage_calls(config, workspace, no_cache),
         build_stage_call(context, config, workspace),
+        ("scan", scan),
     ]
 
 

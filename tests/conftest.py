@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.plugins.gitrepo",
     "tests.plugins.stack",
     "tests.plugins.engine",
+    "tests.plugins.prefect_server",
 ]

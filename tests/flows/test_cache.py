@@ -101,6 +101,7 @@ def test_a_docs_only_change_reruns_only_the_steps_that_read_docs(
         "unit": "cached",
         "integration": "skipped",
         "build": "skipped",
+        "scan": "skipped",
     }
     assert (runs(tmp_path, "lint"), runs(tmp_path, "unit")) == (2, 1)
 

@@ -43,6 +43,7 @@ def test_all_stages_pass_and_the_summary_artifact_lists_them(
     assert statuses(summary) == {
         **dict.fromkeys(["lint", "static", "unit", "integration"], "passed"),
         "build": "skipped",  # no [[images]] declared: shown as skipped, not passed
+        "scan": "skipped",  # no Snyk token here: "not configured", never passed
     }
 
     async def artifacts() -> list[Any]:
@@ -73,6 +74,7 @@ def test_one_failing_stage_fails_the_run_and_the_others_still_report(
         "unit": "failed",
         "integration": "passed",
         "build": "skipped",
+        "scan": "skipped",
     }
     unit = next(s for s in summary.stages if s.name == "unit")
     assert unit.exit_code == 1

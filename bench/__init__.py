@@ -1,0 +1,1 @@
+"""`make bench`: Gantry's speed, each figure measured beside its reference in the same run."""

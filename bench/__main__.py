@@ -1,0 +1,308 @@
+"""Run the benchmark: `make bench` (or `python -m bench [--deliveries N] [--no-sample]`).
+
+Every figure is printed beside the reference it is measured against in the same run, so the
+ratios hold on a shared, noisy machine even when the absolute seconds do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from rich.console import Console
+from rich.table import Table
+
+from bench.repo import STEP_SECONDS, make_repo, step_argv
+from deployments.demo import prepare_sample_repo
+from deployments.processes import free_port
+from deployments.settings import PR_DEPLOYMENT, StackSettings
+from deployments.stack import Stack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console()
+
+
+def direct_step_times() -> dict[str, float]:
+    """Each step's command run directly, one after the other: the work itself."""
+    times = {}
+    for stage, seconds in STEP_SECONDS.items():
+        started = time.perf_counter()
+        subprocess.run(step_argv(seconds), check=True, timeout=60)
+        times[stage] = time.perf_counter() - started
+    return times
+
+
+async def flow_run_times(flow_run_id: uuid.UUID) -> tuple[float, dict[str, float]]:
+    """The flow run's wall time and each task run's, as the Prefect server recorded them."""
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert run.start_time and run.end_time
+    wall = (run.end_time - run.start_time).total_seconds()
+    per_task = {
+        t.name: (t.end_time - t.start_time).total_seconds()
+        for t in tasks
+        if t.start_time and t.end_time
+    }
+    return wall, per_task
+
+
+async def run_pr(
+    repo: Path, sha: str, no_cache: bool = False
+) -> tuple[float, float, dict[str, float]]:
+    """Trigger through the deployment; (trigger→final seconds, flow wall, task walls)."""
+    started = time.perf_counter()
+    params = {"repository": str(repo), "sha": sha, "no_cache": no_cache}
+    created: Any = run_deployment(PR_DEPLOYMENT, parameters=params, timeout=900)
+    flow_run: FlowRun = await created
+    total = time.perf_counter() - started
+    assert flow_run.state is not None and flow_run.state.is_final(), flow_run.state
+    wall, tasks = await flow_run_times(flow_run.id)
+    return total, wall, tasks
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def signed(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def webhook_burst(settings: StackSettings, secret: str, count: int) -> list[float]:
+    """Acknowledgement latency of ``count`` signed deliveries sent at once (ignored pushes)."""
+    body = json.dumps(
+        {
+            "ref": "refs/heads/feature",
+            "after": "b" * 40,
+            "deleted": False,
+            "repository": {
+                "full_name": "bench/repo",
+                "clone_url": "https://example.invalid/bench/repo.git",
+                "default_branch": "main",
+            },
+        }
+    ).encode()
+    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": signed(secret, body)}
+
+    async def one(client: httpx.AsyncClient) -> float:
+        started = time.perf_counter()
+        response = await client.post(
+            settings.webhook_url,
+            content=body,
+            headers={**headers, "X-GitHub-Delivery": str(uuid.uuid4())},
+        )
+        response.raise_for_status()
+        return time.perf_counter() - started
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        return list(await asyncio.gather(*(one(client) for _ in range(count))))
+
+
+async def webhook_to_first_step(
+    settings: StackSettings, secret: str, repo: Path, sha: str
+) -> float | None:
+    """Seconds from a signed pull_request delivery to the run's first task starting."""
+    number = int(time.time()) % 100000
+    payload = {
+        "action": "opened",
+        "number": number,
+        "repository": {"full_name": "bench/repo", "clone_url": str(repo)},
+        "pull_request": {
+            "draft": False,
+            "head": {"ref": "bench", "sha": sha, "repo": {"full_name": "bench/repo"}},
+            "base": {"ref": "main", "sha": sha, "repo": {"full_name": "bench/repo"}},
+        },
+    }
+    body = json.dumps(payload).encode()
+    delivery = str(uuid.uuid4())
+    sent = datetime.now().astimezone()
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            settings.webhook_url,
+            content=body,
+            headers={
+                "X-GitHub-Event": "pull_request",
+                "X-GitHub-Delivery": delivery,
+                "X-Hub-Signature-256": signed(secret, body),
+            },
+        )
+        response.raise_for_status()
+    deadline = time.monotonic() + 120
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(limit=200)
+            ours = [r for r in runs if f"delivery:{delivery}" in (r.tags or [])]
+            if ours:
+                tasks = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[ours[0].id]))
+                )
+                starts = [t.start_time for t in tasks if t.start_time]
+                if starts:
+                    seconds: float = (min(starts) - sent).total_seconds()
+                    return seconds
+            await asyncio.sleep(0.2)
+    return None
+
+
+async def measure(
+    settings: StackSettings, stack: Stack, deliveries: int, sample: bool
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"step_seconds": STEP_SECONDS}
+    direct = direct_step_times()
+    serial = sum(direct.values())
+    longest = max(direct.values())
+    results["direct"] = {"per_step": direct, "serial_sum": serial, "longest": longest}
+
+    with tempfile.TemporaryDirectory(prefix="gantry-bench-") as tmp:
+        repo, sha = make_repo(Path(tmp) / "repo", salt=uuid.uuid4().hex)
+        console.print("PR pipeline on the generated repository (uncached)")
+        total, wall, tasks = await run_pr(repo, sha, no_cache=True)
+        overhead = {s: tasks[s] - direct[s] for s in STEP_SECONDS if s in tasks}
+        results["pr"] = {
+            "trigger_to_final": total,
+            "flow_wall": wall,
+            "tasks": tasks,
+            "wall_over_longest": wall / longest,
+            "wall_over_serial": wall / serial,
+            "overhead_per_step": overhead,
+            "overhead_per_step_mean": statistics.mean(overhead.values()) if overhead else None,
+            "orchestration_overhead": wall - longest,
+        }
+        console.print("PR pipeline again on the same commit (cached)")
+        total_c, wall_c, tasks_c = await run_pr(repo, sha)
+        results["cached"] = {
+            "trigger_to_final": total_c,
+            "flow_wall": wall_c,
+            "tasks": tasks_c,
+            "over_uncached": wall_c / wall,
+        }
+        if _receiver_up(settings):
+            secret = stack.webhook_secret()
+            console.print(f"Webhook burst: {deliveries} signed deliveries at once")
+            latencies = await webhook_burst(settings, secret, deliveries)
+            results["webhook_ack"] = {
+                "count": deliveries,
+                "p50": percentile(latencies, 0.5),
+                "p99": percentile(latencies, 0.99),
+                "max": max(latencies),
+            }
+            console.print("Webhook to first step")
+            results["webhook_to_first_step"] = await webhook_to_first_step(
+                settings, secret, repo, sha
+            )
+        else:
+            console.print("[yellow]the webhook receiver is not up: webhook figures skipped")
+            results["webhook_ack"] = None
+            results["webhook_to_first_step"] = None
+    if sample:
+        sample_repo, sample_sha = prepare_sample_repo(settings.state_dir)
+        console.print("PR pipeline on the sample service (uncached, image build included)")
+        total_s, wall_s, tasks_s = await run_pr(sample_repo, sample_sha, no_cache=True)
+        results["sample_pr"] = {"trigger_to_final": total_s, "flow_wall": wall_s, "tasks": tasks_s}
+    return results
+
+
+def _receiver_up(settings: StackSettings) -> bool:
+    try:
+        url = f"http://{settings.host}:{settings.webhook_port}/healthz"
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def report(results: dict[str, Any]) -> Table:
+    table = Table("figure", "measured", "reference (same run)", "ratio", title="Gantry bench")
+    d, pr, cached = results["direct"], results["pr"], results["cached"]
+    table.add_row(
+        "PR pipeline wall (flow run)",
+        f"{pr['flow_wall']:.2f} s",
+        f"longest step {d['longest']:.2f} s",
+        f"{pr['wall_over_longest']:.2f}x",
+    )
+    table.add_row(
+        "PR pipeline wall (flow run)",
+        f"{pr['flow_wall']:.2f} s",
+        f"serial sum {d['serial_sum']:.2f} s",
+        f"{pr['wall_over_serial']:.2f}x",
+    )
+    table.add_row(
+        "trigger → final (incl. worker pickup)", f"{pr['trigger_to_final']:.2f} s", "", ""
+    )
+    table.add_row(
+        "cached re-run wall",
+        f"{cached['flow_wall']:.2f} s",
+        f"uncached {pr['flow_wall']:.2f} s",
+        f"{cached['over_uncached']:.2f}x",
+    )
+    mean = pr["overhead_per_step_mean"]
+    table.add_row("overhead per step (task - command)", f"{mean:.3f} s" if mean else "n/a", "", "")
+    ack = results.get("webhook_ack")
+    if ack:
+        table.add_row(
+            f"webhook ack p50 / p99 ({ack['count']} at once)",
+            f"{ack['p50'] * 1000:.0f} / {ack['p99'] * 1000:.0f} ms",
+            "",
+            "",
+        )
+    first = results.get("webhook_to_first_step")
+    if first is not None:
+        table.add_row("webhook → first step running", f"{first:.2f} s", "", "")
+    sample = results.get("sample_pr")
+    if sample:
+        table.add_row("sample service PR pipeline wall", f"{sample['flow_wall']:.2f} s", "", "")
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--deliveries", type=int, default=50)
+    parser.add_argument("--no-sample", action="store_true", help="skip the sample service")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gantry-bench-home-") as home:
+        settings = StackSettings(
+            home=Path(home),
+            prefect_port=free_port(),
+            webhook_port=free_port(),
+            registry_port=free_port(),
+            staging_port=free_port(),
+            production_port=free_port(),
+        )
+        stack = Stack(settings)
+        console.print(f"Starting a bench stack in {home} (this takes a minute)")
+        stack.up(lambda message: console.print(f"  {message}"))
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+                results = asyncio.run(measure(settings, stack, args.deliveries, not args.no_sample))
+        finally:
+            stack.down(purge=True)
+    console.print(report(results))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "latest.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    console.print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
