@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,13 +21,14 @@ from typing import Any, Literal
 
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 DOCS = "https://docs.github.com/rest"
 COMMIT_STATES = {"error", "failure", "pending", "success"}
@@ -86,7 +86,7 @@ def _validation_failed(resource: str, field_name: str, message: str) -> JSONResp
     return _error(422, "Validation Failed", errors=errors)
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """GitHub REST stand-in on 127.0.0.1 with a free port. ``start``/``stop`` or ``with``."""
 
     def __init__(
@@ -115,44 +115,10 @@ class FakeGitHub:
             serialization.NoEncryption(),
         ).decode()
         self._public_key = key.public_key()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
+        super().__init__()
         self.app = Starlette(routes=self._routes())
 
     # --- lifecycle ----------------------------------------------------------------------------
-
-    def start(self, timeout: float = 10.0) -> FakeGitHub:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake GitHub server did not start")
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- programming it -----------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.datadog_api import LoopbackServer, RecordedRequest
+from tests.fakes.datadog_api import RecordedRequest
+from tests.fakes.loopback import LoopbackServer
 
 ROUTING_KEY = "R0123456789ABCDEF0123456789ABCDE"  # 32 characters, like an integration key
 SEVERITIES = {"critical", "error", "warning", "info"}

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +22,12 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlencode
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 FaultKind = Literal["rate_limit", "server_error", "malformed", "unauthorised", "slow"]
 JSONAPI = "application/vnd.api+json"
@@ -71,7 +70,7 @@ class Vulnerability:
     cve: list[str] = field(default_factory=list)
 
 
-class FakeSnyk:
+class FakeSnyk(LoopbackServer):
     """Snyk API stand-in on 127.0.0.1 with a free port. ``start``/``stop`` or ``with``."""
 
     def __init__(
@@ -88,9 +87,7 @@ class FakeSnyk:
         self.vulnerabilities: list[Vulnerability] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
+        super().__init__()
         self.app = Starlette(
             routes=[
                 Route("/v1/test/pip", self._guard(self._test_pip, rest=False), methods=["POST"]),
@@ -103,38 +100,6 @@ class FakeSnyk:
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
-
-    def start(self, timeout: float = 10.0) -> FakeSnyk:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Snyk server did not start")
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeSnyk:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- programming it -----------------------------------------------------------------------
 
