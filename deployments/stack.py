@@ -108,8 +108,29 @@ class Stack:
             raise StackError(f"applying prefect.yaml failed:\n{output}")
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _check_ports(self) -> None:
+        """Refuse before starting anything: a half-started stack is worse than none."""
+        s = self.settings
+        parts = [
+            ("registry", s.registry_port, self.registry.process.running(), "GANTRY_REGISTRY_PORT"),
+            (
+                "Prefect server",
+                s.prefect_port,
+                self.server.process.running(),
+                "GANTRY_PREFECT_PORT",
+            ),
+            ("webhook receiver", s.webhook_port, self.receiver.running(), "GANTRY_WEBHOOK_PORT"),
+        ]
+        for name, port, ours, variable in parts:
+            if not ours and not port_is_free(s.host, port):
+                raise StackError(
+                    f"port {port} on {s.host} (for the {name}) is taken by another program; "
+                    f"stop it or set {variable} to a free port"
+                )
+
     def up(self, progress: Progress = _quiet) -> list[PartStatus]:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self._check_ports()
         progress("starting the container registry")
         self.registry.start()
         progress("starting the container engine (Podman's Docker API)")

@@ -169,5 +169,8 @@ def test_a_port_taken_by_another_program_is_a_clear_error(tmp_path: Path) -> Non
                 webhook_port=free_port(),
             )
         )
-        with pytest.raises(StackError, match=f"port {port} on 127.0.0.1 is taken by another"):
+        with pytest.raises(StackError, match=f"port {port} on 127.0.0.1 .* is taken by another"):
             stack.up()
+        # Refused before anything started.
+        assert not stack.registry.process.running()
+        assert not stack.engine.process.running()

@@ -109,6 +109,28 @@ def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
     assert all(r.headers["authorization"] == f"Bearer {session_github.token}" for r in statuses)
     time.sleep(2)
     assert len(runs_for(delivery)) == 1
+    # No secret in any log line: the run's logs in Prefect, the worker's and the receiver's.
+    lines = run_logs(runs[0].id)
+    lines.append(local_stack.worker.log_file.read_text(errors="replace"))
+    lines.append(local_stack.receiver.log_file.read_text(errors="replace"))
+    everything = "\n".join(lines)
+    assert "lint" in everything  # the logs were really read
+    for secret in (session_github.token, WEBHOOK_SECRET, local_stack.webhook_secret()):
+        assert secret not in everything
+    assert "sha256=" not in everything
+
+
+def run_logs(run_id: uuid.UUID) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200
+            )
+        return [log.message for log in logs]
+
+    return asyncio.run(read())
 
 
 def test_a_bad_signature_starts_nothing(
