@@ -99,13 +99,20 @@ def down(as_json: JsonFlag = False) -> None:
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
     """Each part of the local stack, its URL and whether it is up (exit 1 when any is down)."""
+    from deployments.runs import last_runs
     from deployments.stack import Stack
 
-    parts = Stack(StackSettings()).status()
+    settings = StackSettings()
+    parts = Stack(settings).status()
+    runs: dict[str, dict[str, str]] = {}
+    if parts[0].up:  # the Prefect server answers: show the newest run of each pipeline
+        with prefect_settings(settings):
+            runs = asyncio.run(last_runs(settings.prefect_url))
     if as_json:
         payload = {
             "parts": {p.name: {"url": p.url, "up": p.up, "detail": p.detail} for p in parts},
             "up": all(p.up for p in parts),
+            "last_runs": runs,
         }
         out.print_json(json.dumps(payload))
     else:
@@ -113,6 +120,11 @@ def status(as_json: JsonFlag = False) -> None:
         for p in parts:
             table.add_row(p.name, p.url, "[green]up[/green]" if p.up else "[red]down[/red]")
         out.print(table)
+        if runs:
+            recent = Table("pipeline", "last run", "state", "url")
+            for pipeline, run in runs.items():
+                recent.add_row(pipeline, run["name"], run["state"], run["url"])
+            out.print(recent)
     if not all(p.up for p in parts):
         raise typer.Exit(1)
 

@@ -249,3 +249,29 @@ async def answer_approval(
                 )
             await asyncio.sleep(POLL_SECONDS)
     raise RunError(f"flow run {flow_run_id} did not pick up the answer within {wait:.0f} s")
+
+
+PIPELINE_FLOWS = {"pr": "pr-pipeline", "merge": "merge-pipeline", "release": "release-pipeline"}
+
+
+async def last_runs(ui_url: str) -> dict[str, dict[str, str]]:
+    """The newest run of each pipeline: its name, state and page in the UI."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    found: dict[str, dict[str, str]] = {}
+    async with get_client() as client:
+        for pipeline, flow_name in PIPELINE_FLOWS.items():
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=1,
+            )
+            if runs:
+                run = runs[0]
+                found[pipeline] = {
+                    "name": run.name,
+                    "state": (run.state.name if run.state else None) or "unknown",
+                    "url": f"{ui_url}/runs/flow-run/{run.id}",
+                }
+    return found

@@ -114,6 +114,10 @@ def test_status_json_lists_each_part_with_its_url(local_stack: Stack) -> None:
     server = report["parts"]["prefect-server"]
     assert server == {"url": local_stack.settings.prefect_url, "up": True, "detail": ""}
     assert report["parts"]["worker"]["up"] is True
+    assert report["parts"]["webhooks"]["up"] is True
+    assert set(report["last_runs"]) <= {"pr", "merge", "release"}
+    for run in report["last_runs"].values():
+        assert run["url"].startswith(f"{local_stack.settings.prefect_url}/runs/flow-run/")
 
 
 @pytest.mark.slow
