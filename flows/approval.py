@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prefect.exceptions import FlowPauseTimeout
@@ -15,6 +16,7 @@ from flows.records import ReleaseCandidate
 
 # How often the paused flow looks for an answer: an approval is acted on within this time.
 POLL_SECONDS = 1
+SERVER_PAUSE_GRACE = 300
 
 
 class ApprovalDecision(RunInput):
@@ -70,13 +72,18 @@ async def wait_for_approval(
         )
         try:
             # A new key per attempt: a refused answer must not be read back as the next one.
-            decision = await apause_flow_run(
-                wait_for_input=form,
+            # The deadline is ours; the server's pause timeout is set later so that its
+            # expiry service never fails the run before the flow can end it as Cancelled.
+            decision = await asyncio.wait_for(
+                apause_flow_run(
+                    wait_for_input=form,
+                    timeout=remaining + SERVER_PAUSE_GRACE,
+                    poll_interval=POLL_SECONDS,
+                    key=f"approval-{attempt}",
+                ),
                 timeout=remaining,
-                poll_interval=POLL_SECONDS,
-                key=f"approval-{attempt}",
             )
-        except FlowPauseTimeout:
+        except (TimeoutError, FlowPauseTimeout):
             return GateResult(outcome="timed_out", refused=refused)
         who = decision.approver.strip()
         if not policy.may_approve(who):

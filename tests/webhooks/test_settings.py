@@ -66,7 +66,12 @@ def test_an_unsafe_previous_secret_is_refused_too(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
-def test_the_store_defaults_to_a_sqlite_file_in_the_state_folder(tmp_path: Path) -> None:
+def test_the_store_defaults_to_a_sqlite_file_in_the_state_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Other tests' local stack exports its ports; the defaults are what is pinned here.
+    for name in ("GANTRY_HOST", "GANTRY_WEBHOOK_PORT", "GANTRY_WEBHOOK_STORE"):
+        monkeypatch.delenv(name, raising=False)
     settings = ReceiverSettings(webhook_secret=GOOD, home=tmp_path)
     assert settings.store_url == f"sqlite:///{tmp_path.resolve()}/webhooks.db"
     assert settings.host == "127.0.0.1" and settings.webhook_port == 8787
