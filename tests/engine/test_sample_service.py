@@ -46,8 +46,13 @@ def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
     # Not `run(remove=True)`: with Podman the auto-removal races the wait for the exit code.
     container = client.containers.run(image, command, detach=True)
     try:
-        status = container.wait(timeout=60)
-        assert status["StatusCode"] == 0, container.logs().decode()
+        code = container.wait(timeout=60)["StatusCode"]
+        if code == -1:
+            # Podman's wait sometimes answers -1 when it races the container's exit; the
+            # exit code it recorded is in the container's state.
+            container.reload()
+            code = container.attrs["State"]["ExitCode"]
+        assert code == 0, container.logs().decode()
         return str(container.logs().decode())
     finally:
         container.remove(force=True)
