@@ -6,6 +6,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -39,7 +40,7 @@ def started(docker_api: docker.DockerClient) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
     for container_id in ids:
-        docker_api.containers.get(container_id).remove(force=True)
+        _remove(docker_api.containers.get(container_id))
 
 
 def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
@@ -55,7 +56,20 @@ def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
         assert code == 0, container.logs().decode()
         return str(container.logs().decode())
     finally:
-        container.remove(force=True)
+        _remove(container)
+
+
+def _remove(container: Any) -> None:
+    # When wait has raced the exit, Podman may still hold the container's mounts for a moment.
+    for _ in range(20):
+        try:
+            container.remove(force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            time.sleep(0.5)
+    container.remove(force=True)
 
 
 def _healthz(url: str, timeout: float) -> httpx.Response | None:
