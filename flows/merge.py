@@ -19,7 +19,7 @@ from flows.deploy import deploy_images, deploy_lock
 from flows.e2e import run_against
 from flows.identity import repository_slug
 from flows.images import push_images
-from flows.observers import Observers, pipeline_observers
+from flows.observers import Observers, pipeline_observers, queue_time_hook
 from flows.pipeline import PipelineSummary, RunContext, finish, run_stage, run_stages
 from flows.pr import failed_before_stages, verification_stage_calls
 from flows.records import ReleaseCandidate, record_candidate
@@ -131,15 +131,25 @@ async def _deliver(
     return [push, deploy, e2e], data
 
 
-@flow(name="merge-pipeline", flow_run_name=merge_run_name, log_prints=True)
+@flow(
+    name="merge-pipeline",
+    flow_run_name=merge_run_name,
+    log_prints=True,
+    on_running=[queue_time_hook("merge")],
+)
 async def merge_pipeline(
     repository: str,
     sha: str,
     ref: str = "main",
     repository_name: str | None = None,
     no_cache: bool = False,
+    received_at: datetime | None = None,
 ) -> State[PipelineSummary]:
-    """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate."""
+    """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate.
+
+    ``received_at`` is when the webhook arrived; only the queue-time hook reads it.
+    """
+    del received_at
     context = RunContext(
         pipeline="merge", repository=repository, sha=sha, repository_name=repository_name, ref=ref
     )

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.flows import Flow, FlowStateHook
 
 from clients.metrics import Metrics, load_metrics
 from flows.identity import repository_slug
@@ -25,6 +32,54 @@ def github_repository(context: RunContext) -> str | None:
         return context.repository_name
     match = _GITHUB_REMOTE.search(context.repository)
     return f"{match['owner']}/{match['name']}" if match else None
+
+
+logger = logging.getLogger("gantry.observers")
+_queue_timed: set[uuid.UUID] = set()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def queued_since(flow_run: FlowRun) -> datetime | None:
+    """When the run was asked for: the webhook's arrival (``received_at``), else its creation."""
+    received = flow_run.parameters.get("received_at")
+    if isinstance(received, datetime):
+        return _aware(received)
+    if isinstance(received, str) and received:
+        try:
+            return _aware(datetime.fromisoformat(received))
+        except ValueError:
+            logger.warning("received_at %r is not an ISO time; queue time from creation", received)
+    return _aware(flow_run.created) if flow_run.created else None
+
+
+def queue_time_hook(pipeline: str) -> FlowStateHook[..., Any]:
+    """An ``on_running`` hook: seconds from the trigger to the flow running, as a metric.
+
+    Once per run and process: a release resumed after its approval gate runs again, but its
+    wait for a person is not queue time.
+    """
+
+    async def record_queue_time(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+        del flow
+        if flow_run.id in _queue_timed:
+            return
+        _queue_timed.add(flow_run.id)
+        since = queued_since(flow_run)
+        if since is None:
+            return
+        running = _aware(state.timestamp) if state.timestamp else datetime.now(UTC)
+        seconds = max(0.0, (running - since).total_seconds())
+        params = flow_run.parameters
+        repository = params.get("repository_name") or repository_slug(
+            str(params.get("repository") or "")
+        )
+        (await load_metrics()).queue_time(pipeline, seconds, str(repository))
+        logger.info("queue time %.2f s (trigger to running)", seconds)
+
+    return record_queue_time
 
 
 class MetricsObserver:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow
@@ -13,7 +14,7 @@ from flows.checks import run_check
 from flows.config import CHECK_STAGES, ConfigError, GantryConfig, load_config
 from flows.identity import repository_slug
 from flows.images import build_images
-from flows.observers import pipeline_observers
+from flows.observers import pipeline_observers, queue_time_hook
 from flows.pipeline import PipelineSummary, RunContext, StageCall, StageObserver, finish, run_stages
 from flows.results import StageResult, StageStatus, stage_state
 from flows.runtime import docker_host, registry_address
@@ -89,7 +90,12 @@ def pr_run_name() -> str:
     return f"pr-{number}-{sha}" if number is not None else f"pr-{sha}"
 
 
-@flow(name="pr-pipeline", flow_run_name=pr_run_name, log_prints=True)
+@flow(
+    name="pr-pipeline",
+    flow_run_name=pr_run_name,
+    log_prints=True,
+    on_running=[queue_time_hook("pr")],
+)
 async def pr_pipeline(
     repository: str,
     sha: str,
@@ -98,8 +104,13 @@ async def pr_pipeline(
     fork: bool = False,
     repository_name: str | None = None,
     no_cache: bool = False,
+    received_at: datetime | None = None,
 ) -> State[PipelineSummary]:
-    """Verify one commit of a pull request; Failed when any stage fails, naming them."""
+    """Verify one commit of a pull request; Failed when any stage fails, naming them.
+
+    ``received_at`` is when the webhook arrived; only the queue-time hook reads it.
+    """
+    del received_at
     context = RunContext(
         pipeline="pr",
         repository=repository,

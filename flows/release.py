@@ -23,7 +23,7 @@ from flows.deploy import deploy_images, deploy_lock
 from flows.e2e import run_against
 from flows.identity import repository_slug
 from flows.logs import step_logger
-from flows.observers import Observers, pipeline_observers
+from flows.observers import Observers, pipeline_observers, queue_time_hook
 from flows.pipeline import PipelineSummary, RunContext, finish, run_stage
 from flows.records import (
     Outcome,
@@ -76,7 +76,12 @@ async def _previous_good(slug: str) -> str | None:
     return good[1].candidate_id if len(good) > 1 else None
 
 
-@flow(name="release-pipeline", flow_run_name=release_run_name, log_prints=True)
+@flow(
+    name="release-pipeline",
+    flow_run_name=release_run_name,
+    log_prints=True,
+    on_running=[queue_time_hook("release")],
+)
 async def release_pipeline(
     repository_name: str | None = None,
     repository: str | None = None,
@@ -86,12 +91,15 @@ async def release_pipeline(
     rollback: bool = False,
     skip_approval: bool = False,
     policy_block: str = DEFAULT_BLOCK_NAME,
+    received_at: datetime | None = None,
 ) -> State[PipelineSummary]:
     """Deploy a release candidate's digests to production once an approver says so.
 
     Without ``candidate_id`` the newest candidate is released; with ``rollback`` the
-    candidate of the previous successful release is.
+    candidate of the previous successful release is. ``received_at`` is when the webhook
+    arrived; only the queue-time hook reads it.
     """
+    del received_at
     logger = step_logger("release")
     started_at = datetime.now(UTC)
     started = time.monotonic()

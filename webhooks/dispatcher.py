@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -166,7 +167,7 @@ class Dispatcher:
                 return None
             with bind(pipeline=request.pipeline, repository=request.repository_name):
                 try:
-                    flow_run = await self._create_run(client, request)
+                    flow_run = await self._create_run(client, request, delivery.received_at)
                 except Exception as exc:
                     await self._failed(delivery, exc)
                     return None
@@ -192,11 +193,15 @@ class Dispatcher:
         logger.error("delivery cannot be dispatched: %s", reason)
         await asyncio.to_thread(self.store.mark_failed, delivery.id, reason)
 
-    async def _create_run(self, client: PrefectClient, request: PipelineRequest) -> FlowRun:
+    async def _create_run(
+        self, client: PrefectClient, request: PipelineRequest, received_at: datetime
+    ) -> FlowRun:
+        # The flow measures its queue time (webhook received -> running) from this.
+        parameters = {**request.parameters, "received_at": received_at.isoformat()}
         return await arun_deployment(
             request.deployment,
             client=client,
-            parameters=request.parameters,
+            parameters=parameters,
             timeout=0,
             idempotency_key=request.idempotency_key,
             flow_run_name=request.run_name,

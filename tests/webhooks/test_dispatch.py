@@ -126,6 +126,8 @@ async def test_a_pr_delivery_becomes_one_scheduled_flow_run_named_and_tagged(
         "head_ref": "feature/x",
         "fork": False,
         "repository_name": "acme/api",
+        # The flow's queue time starts at the delivery's arrival, not at the run's creation.
+        "received_at": recorded.received_at.isoformat(),
     }
 
 
