@@ -20,7 +20,7 @@ def dora(
 ) -> None:
     """Deployment frequency, lead time, change failure rate and time to restore."""
     from deployments.cli import prefect_settings
-    from deployments.dora import DeploymentRecord, dora_command
+    from deployments.dora import deployment_records, dora_command
     from flows.identity import slugify
     from flows.records import all_releases
 
@@ -31,19 +31,7 @@ def dora(
         except Exception as exc:
             typer.echo(f"error: cannot read release records from {settings.prefect_url}: {exc}")
             raise typer.Exit(2) from None
-    records = [
-        DeploymentRecord(
-            repository=r.repository_slug,
-            environment=r.environment,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            commit_sha=r.commit_sha,
-            commit_time=r.commit_time,
-            outcome=r.outcome,
-        )
-        for r in releases
-        if r.outcome in ("success", "failed", "rolled_back")
-    ]
+    records = deployment_records(releases)
     code = dora_command(records, since, slugify(repo) if repo else None, as_json, console=Console())
     raise typer.Exit(code)
 

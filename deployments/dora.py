@@ -29,6 +29,42 @@ FAILED_OUTCOMES = frozenset({"failed", "rolled_back"})
 PRODUCTION = "production"
 
 
+class ReleaseLike(Protocol):
+    """What a recorded release gives DORA (``flows.records.ReleaseRecord`` fits)."""
+
+    @property
+    def repository_slug(self) -> str: ...
+    @property
+    def environment(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime: ...
+    @property
+    def commit_sha(self) -> str: ...
+    @property
+    def commit_time(self) -> datetime | None: ...
+    @property
+    def outcome(self) -> str: ...
+
+
+def deployment_records(releases: Iterable[ReleaseLike]) -> list[DeploymentRecord]:
+    """The releases that deployed something; a rejection or a timeout deployed nothing."""
+    return [
+        DeploymentRecord(
+            repository=r.repository_slug,
+            environment=r.environment,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            commit_sha=r.commit_sha,
+            commit_time=r.commit_time,
+            outcome=r.outcome,
+        )
+        for r in releases
+        if r.outcome in ("success", *FAILED_OUTCOMES)
+    ]
+
+
 def _utc(moment: datetime) -> datetime:
     # Naive times are taken as UTC, so aware and naive records compare.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
