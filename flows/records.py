@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    ArtifactFilter,
+    ArtifactFilterKey,
+)
 from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import BaseModel, Field
 
@@ -74,8 +79,13 @@ def candidate_key(slug: str) -> str:
     return f"release-candidate-{slug}"
 
 
+RELEASE_PREFIX = "release-record-"
+
+
 def release_key(slug: str) -> str:
-    return f"release-{slug}"
+    # Its own prefix: "release-<slug>" would share a namespace with the release pipeline's
+    # "release-summary" / "release-report" and with "release-candidate-<slug>".
+    return f"{RELEASE_PREFIX}{slug}"
 
 
 async def _append(key: str, record: BaseModel, columns: dict[str, Any], what: str) -> None:
@@ -144,12 +154,13 @@ async def list_releases(slug: str, limit: int = HISTORY_LIMIT) -> list[ReleaseRe
 async def all_releases(limit: int = HISTORY_LIMIT) -> list[ReleaseRecord]:
     """Release records of every repository, newest first."""
     async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="release-%")),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=limit,
+        # One collection per key (its latest version): every repository, however many runs.
+        collections = await client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(like_=f"{RELEASE_PREFIX}%")
+            ),
         )
-    keys = {a.key for a in artifacts if a.key and not a.key.startswith("release-candidate-")}
+    keys = {c.key for c in collections if c.key.startswith(RELEASE_PREFIX)}
     records: list[ReleaseRecord] = []
     for key in sorted(keys):
         records += [ReleaseRecord.model_validate(r) for r in await _history(key, limit)]
