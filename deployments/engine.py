@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 
 from deployments.engine_registry import Registry, RegistryError
-from deployments.jsonlines import json_relay
 from deployments.processes import ManagedProcess, StackError, wait_until
 from deployments.settings import StackSettings
 
@@ -84,7 +83,7 @@ class ContainerEngine:
             insecure_registries if insecure_registries is not None else [settings.registry_address]
         )
         self.podman = podman
-        self.process = ManagedProcess("podman", self.state_dir)
+        self.process = ManagedProcess("podman", self.state_dir, json_logs=True)
 
     @property
     def socket(self) -> Path:
@@ -159,8 +158,7 @@ class ContainerEngine:
         self.registries_conf_path.write_text(registries_conf(self.insecure_registries))
         self.socket.unlink(missing_ok=True)
         argv = self._podman("system", "service", "--time=0", self.docker_host)
-        # Podman logs plain logrus text; the relay turns it into the stack's JSON lines.
-        self.process.start(json_relay("podman", argv), self.env(), cwd=self.state_dir)
+        self.process.start(argv, self.env(), cwd=self.state_dir)
         if not wait_until(lambda: self.is_up() or not self.process.running(), timeout, 0.1):
             tail = self.process.log_tail()
             self.process.stop()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 
-from deployments.jsonlines import json_relay
 from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
 from deployments.settings import StackSettings
 
@@ -41,7 +40,7 @@ class Registry:
         self.host = host or settings.host
         self.htpasswd = htpasswd.resolve() if htpasswd is not None else None
         self.program = program
-        self.process = ManagedProcess("registry", self.state_dir)
+        self.process = ManagedProcess("registry", self.state_dir, json_logs=True)
 
     @property
     def address(self) -> str:
@@ -107,9 +106,7 @@ class Registry:
         env = dict(os.environ)
         # The registry must never reach out (bugsnag/newrelic reporting stay unset).
         env.pop("REGISTRY_HTTP_ADDR", None)
-        argv = [self.program, "serve", str(self.config_path)]
-        # The registry logs logrus text; the relay turns it into the stack's JSON lines.
-        self.process.start(json_relay("registry", argv), env, self.state_dir)
+        self.process.start([self.program, "serve", str(self.config_path)], env, self.state_dir)
         if not wait_until(lambda: self.is_up() or not self.process.running(), timeout, 0.1):
             tail = self.process.log_tail()
             self.process.stop()

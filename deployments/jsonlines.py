@@ -1,9 +1,10 @@
-"""Third-party services of the stack (Podman, the registry) logging as Gantry does.
+"""Every background service of the stack logging as Gantry does: one JSON object per line.
 
 ``python -m deployments.jsonlines --logger podman -- podman system service ...`` runs the command,
 reads its output and logs every line as one JSON object (``JsonFormatter``, redacted), at the
-level the line names: both services log through logrus (``level=warning msg="..."``). Anything
-else is kept whole as the message, at INFO.
+level the line names: Podman and the registry log through logrus (``level=warning msg="..."``).
+A line that is a JSON object already (Prefect with ``logging.yml``) passes through; anything else
+(a banner printed to stdout) is kept whole as the message, at INFO.
 
 The wrapper and the command share a process group, which ``ManagedProcess.stop`` signals: the
 wrapper then waits for the command's last lines and exits with its code.
@@ -12,6 +13,7 @@ wrapper then waits for the command's last lines and exits with its code.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import signal
@@ -19,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from clients.redact import redact
 from deployments.logconfig import configure_json_logging
 
 _LEVEL = re.compile(r'(?:^|\s)level=("?)(?P<level>[a-zA-Z]+)\1')
@@ -54,6 +57,15 @@ def parse_line(line: str) -> tuple[int, str]:
     return level, message
 
 
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def relay(logger_name: str, argv: Sequence[str]) -> int:
     """Run ``argv``, log its output line by line, return its exit code."""
     logger = logging.getLogger(logger_name)
@@ -70,9 +82,15 @@ def relay(logger_name: str, argv: Sequence[str]) -> int:
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip()
-        if line:
-            level, message = parse_line(line)
-            logger.log(level, "%s", message)
+        if not line:
+            continue
+        if _is_json_object(line):
+            # Already a JSON line (Prefect's logging.yml, the receiver): redacted, passed on.
+            sys.stderr.write(redact(line) + "\n")
+            sys.stderr.flush()
+            continue
+        level, message = parse_line(line)
+        logger.log(level, "%s", message)
     code = proc.wait()
     if code != 0:
         logger.warning("%s exited with code %d", argv[0], code)

@@ -32,7 +32,7 @@ class PrefectServer:
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.process = ManagedProcess("prefect-server", settings.state_dir / "run")
+        self.process = ManagedProcess("prefect-server", settings.state_dir / "run", json_logs=True)
 
     @property
     def url(self) -> str:

@@ -63,6 +63,8 @@ class ManagedProcess:
 
     name: str
     run_dir: Path
+    # Relay the output through deployments.jsonlines, so that every line of the log is JSON.
+    json_logs: bool = False
 
     @property
     def pid_file(self) -> Path:
@@ -95,6 +97,10 @@ class ManagedProcess:
         if existing is not None:
             return existing
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.json_logs:
+            from deployments.jsonlines import json_relay
+
+            argv = json_relay(self.name, argv)
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 list(argv),

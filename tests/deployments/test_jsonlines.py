@@ -60,16 +60,19 @@ def test_every_output_line_becomes_one_json_object_and_the_exit_code_is_kept(
         "import sys\n"
         'print(\'time="t" level=warning msg="storage is slow"\', flush=True)\n'
         "print('no structure here', file=sys.stderr, flush=True)\n"
+        "print('{\"level\": \"INFO\", \"message\": \"already json\"}', flush=True)\n"
         "sys.exit(3)\n"
     )
     code, records = relay_run(script, tmp_path)
     assert code == 3
-    assert [(r["level"], r["logger"], r["message"]) for r in records] == [
+    assert [(r["level"], r.get("logger"), r["message"]) for r in records] == [
         ("WARNING", "podman", "storage is slow"),
         ("INFO", "podman", "no structure here"),
+        ("INFO", None, "already json"),  # passed through as it was, not wrapped again
         ("WARNING", "podman", f"{PY} exited with code 3"),
     ]
-    assert all({"timestamp", "level", "logger", "message"} <= r.keys() for r in records)
+    wrapped = [r for r in records if r["message"] != "already json"]
+    assert all({"timestamp", "level", "logger", "message"} <= r.keys() for r in wrapped)
 
 
 def test_a_command_that_cannot_start_is_logged_not_raised(tmp_path: Path) -> None:
