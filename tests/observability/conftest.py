@@ -6,34 +6,16 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from clients.metrics import set_metrics
 from clients.redact import forget_secrets
 from tests.fakes.datadog_api import datadog_api  # noqa: F401 (a fixture)
+from tests.fakes.dogstatsd import Datagram
 from tests.fakes.pagerduty_api import pagerduty_api  # noqa: F401 (a fixture)
 
-
-@dataclass(frozen=True)
-class Datagram:
-    """One DogStatsD metric line: ``name:value|type|#tags``."""
-
-    name: str
-    value: str
-    type: str
-    tags: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, line: str) -> Datagram:
-        head, *fields = line.split("|")
-        name, value = head.rsplit(":", 1)
-        tags: tuple[str, ...] = ()
-        for field in fields[1:]:
-            if field.startswith("#"):
-                tags = tuple(field[1:].split(","))
-        return cls(name, value, fields[0], tags)
+__all__ = ["Datagram", "StatsdListener"]
 
 
 class StatsdListener:
