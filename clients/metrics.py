@@ -179,6 +179,21 @@ class Metrics:
         tags = [tag("repository", repository or "all"), tag("window", window)]
         self._send("gauge", f"dora.{name}", value, tags)
 
+    def worker_heartbeat(self, work_pool: str, environment: str | None) -> None:
+        """One successful poll of ``work_pool``: the count the worker-not-polling monitor sums.
+
+        The DogStatsD library already tags every metric ``env:$DD_ENV`` when that is set, and a
+        settings block may carry an ``env:`` tag too; ``environment`` is added only when neither
+        did, so the monitor's ``env:`` filter never sees two values on one point.
+        """
+        tags = [tag("work_pool", work_pool)]
+        client = self._client
+        if environment and client is not None:
+            constant: Iterable[str] = client.constant_tags or ()
+            if not any(str(t).startswith("env:") for t in constant):
+                tags.append(tag("env", environment))
+        self._send("increment", "worker.heartbeat", 1, tags)
+
     # --- plumbing -------------------------------------------------------------------------------
 
     def _send(self, kind: str, name: str, value: float, tags: list[str]) -> None:

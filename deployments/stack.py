@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,10 @@ class Stack:
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
         self.server = PrefectServer(self.settings)
-        self.worker = ManagedProcess("worker", self.settings.state_dir / "run")
-        self.receiver = ManagedProcess("webhooks", self.settings.state_dir / "run")
+        run_dir = self.settings.state_dir / "run"
+        # Relayed as JSON lines: anything a library prints rather than logs is wrapped too.
+        self.worker = ManagedProcess("worker", run_dir, json_logs=True)
+        self.receiver = ManagedProcess("webhooks", run_dir, json_logs=True)
         self.registry = Registry(
             self.settings.state_dir / "registry", self.settings.registry_port, self.settings.host
         )
@@ -143,10 +146,11 @@ class Stack:
         self.apply_deployments()
         if not self.worker.running():
             progress("starting the worker")
+            # Prefect's worker plus the gantry.worker.heartbeat metric (deployments/worker.py).
             argv = [
-                venv_bin("prefect"),
-                "worker",
-                "start",
+                sys.executable,
+                "-m",
+                "deployments.worker",
                 "--pool",
                 self.settings.work_pool,
                 "--type",

@@ -89,6 +89,16 @@ resource "helm_release" "worker" {
       # Gantry's image has tini but not the entrypoint script of Prefect's own image.
       command                   = ["/usr/bin/tini", "-g", "--"]
       selfHostedServerApiConfig = { apiUrl = local.api_url }
+      # Instead of the chart's `prefect worker start`: Prefect's Kubernetes worker plus the
+      # gantry.worker.heartbeat count (one per successful poll) that the worker-not-polling
+      # monitor watches (deployments/worker.py). Same pool and base job template, which the
+      # chart mounts in the working directory.
+      args = [
+        "python", "-m", "deployments.worker",
+        "--type", "kubernetes",
+        "--pool", var.work_pool_name,
+        "--base-job-template", "baseJobTemplate.json",
+      ]
       image = {
         repository = var.gantry_image_repository
         prefectTag = var.gantry_image_tag
@@ -105,6 +115,9 @@ resource "helm_release" "worker" {
       extraEnvVars = [
         { name = "PREFECT_SERVER_ANALYTICS_ENABLED", value = "false" },
         { name = "GANTRY_ENVIRONMENT", value = var.environment },
+        # The heartbeat goes to the Datadog agent on this node; DD_ENV becomes its env tag.
+        { name = "DD_AGENT_HOST", valueFrom = { fieldRef = { fieldPath = "status.hostIP" } } },
+        { name = "DD_DOGSTATSD_PORT", value = "8125" },
         { name = "DD_ENV", value = var.environment },
       ]
     }

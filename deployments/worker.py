@@ -1,0 +1,207 @@
+"""Gantry's Prefect worker: Prefect's own workers plus the ``gantry.worker.heartbeat`` metric.
+
+Each poll of the work pool that the Prefect API answered sends one DogStatsD count
+``gantry.worker.heartbeat`` (value 1, tag ``work_pool:<pool>``, and ``env:<DD_ENV>`` when the
+environment variable ``DD_ENV`` is set), so Datadog's worker-not-polling monitor sees silence
+exactly when no worker polls. Nothing is sent for a poll that raised (API unreachable, 5xx), nor
+for the polls Prefect skips without asking the API while the worker has not yet synchronized with
+it. The rate is one per PREFECT_WORKER_QUERY_SECONDS per worker (Prefect adds +-30% jitter and
+backs off after repeated failures). Datagrams go to ``DD_AGENT_HOST``/``DD_DOGSTATSD_PORT``; with
+neither set the metric is off and the worker runs as usual.
+
+Run it where ``prefect worker start`` would run::
+
+    python -m deployments.worker --pool NAME --type process|kubernetes [--name NAME]
+
+It stops gracefully on SIGTERM or SIGINT (a second signal kills it at once).
+
+The classes keep Prefect's worker types (``type`` is ``process`` or ``kubernetes``: work pools,
+the API and the UI see ordinary workers) but register in Prefect's type registry under keys of
+their own, ``gantry-process`` and ``gantry-kubernetes``. Registering under ``process`` would
+replace Prefect's ProcessWorker for every lookup in a process that imported this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.client.schemas.objects import FlowRun
+from prefect.logging.loggers import get_worker_logger
+from prefect.workers.base import BaseWorker
+from prefect.workers.process import ProcessWorker
+from prefect_kubernetes.worker import KubernetesWorker
+
+from clients.metrics import get_metrics
+
+# Datadog's own name for the environment; the worker's pod already sets it (modules/prefect).
+ENV_ENVIRONMENT = "DD_ENV"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+AnyWorker = BaseWorker[Any, Any, Any]
+
+
+async def _poll_with_heartbeat(
+    worker: AnyWorker, poll: Callable[[], Awaitable[list[FlowRun]]]
+) -> list[FlowRun]:
+    # Until its first sync, Prefect's poll returns [] without asking the API: counting those
+    # would make a worker that cannot reach the API look healthy.
+    asks_the_api = worker._has_successfully_synced
+    flow_runs = await poll()
+    if asks_the_api:
+        environment = os.environ.get(ENV_ENVIRONMENT, "").strip() or None
+        get_metrics().worker_heartbeat(worker._work_pool_name, environment)
+    return flow_runs
+
+
+class GantryProcessWorker(ProcessWorker):
+    """Prefect's process worker, sending a heartbeat after each successful poll."""
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return "gantry-process"
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        return await _poll_with_heartbeat(self, super().get_and_submit_flow_runs)
+
+
+# prefect_kubernetes ships no type information, so its worker is Any to mypy.
+class GantryKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
+    """Prefect's Kubernetes worker, sending a heartbeat after each successful poll."""
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return "gantry-kubernetes"
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        return await _poll_with_heartbeat(self, super().get_and_submit_flow_runs)
+
+
+WORKER_CLASSES: dict[str, type[AnyWorker]] = {
+    "process": GantryProcessWorker,
+    "kubernetes": GantryKubernetesWorker,
+}
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    pool: str
+    worker_type: str
+    name: str | None = None
+    work_queues: list[str] | None = None
+    limit: int | None = None
+    base_job_template: Path | None = None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.worker",
+        description="Start a Prefect worker that sends gantry.worker.heartbeat on each poll.",
+    )
+    parser.add_argument("--pool", "-p", required=True, help="the work pool to poll")
+    parser.add_argument(
+        "--type", "-t", required=True, choices=sorted(WORKER_CLASSES), dest="worker_type"
+    )
+    parser.add_argument("--name", "-n", help="the worker's name (default: a random one)")
+    parser.add_argument(
+        "--work-queue",
+        "-q",
+        action="append",
+        dest="work_queues",
+        help="a work queue to poll (repeatable; default: all of the pool's queues)",
+    )
+    parser.add_argument("--limit", "-l", type=int, help="most flow runs at a time")
+    parser.add_argument(
+        "--base-job-template",
+        type=Path,
+        help="JSON base job template, used when the worker creates the pool",
+    )
+    args = parser.parse_args(argv)
+    return WorkerOptions(
+        pool=args.pool,
+        worker_type=args.worker_type,
+        name=args.name,
+        work_queues=args.work_queues,
+        limit=args.limit,
+        base_job_template=args.base_job_template,
+    )
+
+
+def build_worker(options: WorkerOptions) -> AnyWorker:
+    template = None
+    if options.base_job_template is not None:
+        template = json.loads(options.base_job_template.read_text())
+    return WORKER_CLASSES[options.worker_type](
+        work_pool_name=options.pool,
+        name=options.name,
+        work_queues=options.work_queues,
+        limit=options.limit,
+        base_job_template=template,
+    )
+
+
+def _printer(worker: AnyWorker) -> Callable[..., None]:
+    def printer(*parts: object) -> None:
+        # Prefect's worker logger rather than stdout: a JSON line under Gantry's logging config,
+        # and flushed at once, so Stack._worker_polling sees "started" without waiting on a
+        # block-buffered stdout.
+        get_worker_logger(worker).info(" ".join(str(part) for part in parts))
+
+    return printer
+
+
+async def serve(worker: AnyWorker) -> None:
+    """Run ``worker`` as ``prefect worker start`` does, until it fails or is told to stop."""
+    printer = _printer(worker)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("serve() must run in an asyncio task")
+    received: list[signal.Signals] = []
+
+    def stop(signum: signal.Signals) -> None:
+        received.append(signum)
+        printer(f"Received {signum.name}: stopping worker {worker.name!r}")
+        # The next signal gets the default action and ends the process at once, as with
+        # Prefect's CLI, for a teardown that hangs.
+        for each in STOP_SIGNALS:
+            loop.remove_signal_handler(each)
+        # Cancelling the task unwinds worker.start(), whose `async with` tears the worker down:
+        # it leaves the API cleanly and emits Prefect's worker-stopped event.
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await worker.start(printer=printer)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        printer(f"Worker {worker.name!r} stopped!")
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    try:
+        worker = build_worker(options)
+    except (OSError, ValueError) as exc:
+        print(f"cannot start the worker: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(worker))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
