@@ -6,11 +6,8 @@ what the settings allow and never raises (a Datadog outage must not fail a relea
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +16,8 @@ import httpx
 from pydantic import SecretStr
 
 from clients.redact import redact, register_secret
+from clients.retry import Retries
+from clients.retry import RetryPolicy as RetryPolicy  # re-exported: callers import it from here
 
 if TYPE_CHECKING:
     from blocks.observability import DatadogSettings
@@ -30,7 +29,6 @@ EVENT_TEXT_LIMIT = 4000
 AlertType = Literal["error", "warning", "info", "success"]
 DeploymentOutcome = Literal["success", "failed", "rolled_back"]
 
-_random = secrets.SystemRandom()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -61,17 +59,6 @@ class DatadogUnavailable(DatadogError):
 
 class DatadogProtocolError(DatadogError):
     """Datadog answered with a shape Gantry does not understand."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long one call may keep trying. Tests shrink every number."""
-
-    attempts: int = 4
-    backoff: float = 0.5
-    backoff_cap: float = 8.0
-    # Total seconds one call may sleep: reporting must not hold a pipeline up for long.
-    max_wait: float = 30.0
 
 
 def epoch_ns(moment: datetime) -> int:
@@ -112,6 +99,7 @@ class DatadogAPI:
     ) -> None:
         register_secret(api_key)
         self.api_url = api_url.rstrip("/")
+        # The shared defaults suit Datadog: reporting must not hold a pipeline up for long.
         self.policy = policy or RetryPolicy()
         self._api_key = api_key
         self._http = httpx.AsyncClient(
@@ -237,19 +225,15 @@ class DatadogAPI:
         return str(data["id"])
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        policy = self.policy
         headers = {"DD-API-KEY": self._api_key.get_secret_value()}
-        waited = 0.0
-        attempt = 0
+        retries = Retries(self.policy)
         while True:
-            attempt += 1
             try:
                 response = await self._http.post(path, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 reason = f"POST {path}: {type(exc).__name__}"
-                delay = self._backoff(attempt)
-                if attempt >= policy.attempts or waited + delay > policy.max_wait:
-                    raise DatadogUnavailable(f"{reason} after {attempt} attempts") from exc
+                if (delay := retries.failed()) is None:
+                    raise DatadogUnavailable(f"{reason} after {retries.failures} attempts") from exc
                 logger.info("Datadog %s; retrying in %.1fs", reason, delay)
             else:
                 status = response.status_code
@@ -264,19 +248,12 @@ class DatadogAPI:
                     raise DatadogAuthError(text, status=status)
                 if status != 429 and status < 500:
                     raise DatadogRequestError(text, status=status)
-                delay = self._backoff(attempt)
-                if status == 429:
-                    delay = max(delay, _reset_seconds(response))
-                if attempt >= policy.attempts or waited + delay > policy.max_wait:
+                delay = retries.failed(_reset_seconds(response) if status == 429 else 0.0)
+                if delay is None:
                     kind = DatadogRateLimited if status == 429 else DatadogUnavailable
-                    raise kind(f"{text} (after {attempt} attempts)", status=status)
+                    raise kind(f"{text} (after {retries.failures} attempts)", status=status)
                 logger.info("Datadog POST %s: HTTP %d; retrying in %.1fs", path, status, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (attempt - 1))
-        return _random.uniform(ceiling / 2, ceiling)
+            await retries.sleep(delay)
 
 
 def _git(commit_sha: str | None, repository_url: str | None) -> dict[str, str] | None:

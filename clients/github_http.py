@@ -7,9 +7,7 @@ no call sleeps longer than ``RetryPolicy.max_wait`` in total. Other 4xx answers 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from clients import retry
 from clients.github_errors import (
     GitHubAuthError,
     GitHubConflictError,
@@ -31,17 +30,13 @@ from clients.github_errors import (
 logger = logging.getLogger("gantry.github")
 
 API_VERSION = "2022-11-28"
-_random = secrets.SystemRandom()
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How long one call may keep trying. Tests shrink every number."""
+class RetryPolicy(retry.RetryPolicy):
+    """The shared bounds with room for GitHub's rate limits. ``attempts`` (4) counts the tries
+    for 5xx answers and connection errors, and is also the most rate-limit waits."""
 
-    # Tries in all for 5xx answers and connection errors; also the most rate-limit waits.
-    attempts: int = 4
-    # First backoff ceiling in seconds, doubled per retry, capped; the sleep is drawn below it.
-    backoff: float = 0.5
     backoff_cap: float = 10.0
     # Total seconds one call may spend sleeping, rate-limit waits included.
     max_wait: float = 300.0
@@ -90,16 +85,6 @@ def error_for(method: str, path: str, response: httpx.Response) -> GitHubError:
     return GitHubError(text, status=status, documentation_url=doc)
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
 class GitHubHTTP:
     """An httpx client bound to one API URL, sending GitHub's headers and retrying in bounds."""
 
@@ -140,49 +125,41 @@ class GitHubHTTP:
         """The first answer below 400; every other outcome raises a GitHubError."""
         policy = self.policy
         headers = {"Authorization": f"Bearer {bearer.get_secret_value()}"}
-        waited = 0.0
-        failures = 0
-        rate_limited = 0
+        retries = retry.Retries(policy)
         while True:
             try:
                 response = await self._http.request(
                     method, path, json=json, params=params, headers=headers
                 )
             except httpx.HTTPError as exc:
-                failures += 1
                 reason = f"{method} {path}: {type(exc).__name__}"
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                if (delay := retries.failed()) is None:
                     raise GitHubUnavailable(
-                        f"{reason} after {failures} attempts ({self.api_url})"
+                        f"{reason} after {retries.failures} attempts ({self.api_url})"
                     ) from exc
                 logger.info("GitHub %s; retrying in %.1fs", reason, delay)
-                await asyncio.sleep(delay)
-                waited += delay
+                await retries.sleep(delay)
                 continue
             status = response.status_code
             if status < 400:
                 return response
             if status >= 500:
-                failures += 1
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                if (delay := retries.failed()) is None:
                     message, doc, _ = error_message(response)
                     raise GitHubUnavailable(
-                        f"{method} {path}: HTTP {status} after {failures} attempts: {message}",
+                        f"{method} {path}: HTTP {status} after {retries.failures} attempts: "
+                        f"{message}",
                         status=status,
                         documentation_url=doc,
                     )
                 logger.info("GitHub %s %s: HTTP %d; retrying in %.1fs", method, path, status, delay)
-                await asyncio.sleep(delay)
-                waited += delay
+                await retries.sleep(delay)
                 continue
-            rate_wait = self._rate_limit_wait(response, rate_limited)
+            rate_wait = self._rate_limit_wait(response, retries.limited)
             if rate_wait is None:
                 raise error_for(method, path, response)
-            rate_limited += 1
             # The count bounds a limiter that keeps answering "retry-after: 0".
-            if waited + rate_wait > policy.max_wait or rate_limited > policy.attempts:
+            if not retries.may_wait(rate_wait):
                 message, doc, _ = error_message(response)
                 raise GitHubRateLimited(
                     f"{method} {path}: rate limited for {rate_wait:.0f}s more, beyond what "
@@ -193,13 +170,7 @@ class GitHubHTTP:
                     retry_after=rate_wait,
                 )
             logger.warning("GitHub rate limit on %s %s: waiting %.1fs", method, path, rate_wait)
-            await asyncio.sleep(rate_wait)
-            waited += rate_wait
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (failures - 1))
-        # Jittered: stages retrying together must not hit GitHub in lockstep.
-        return _random.uniform(ceiling / 2, ceiling)
+            await retries.sleep(rate_wait)
 
     def _rate_limit_wait(self, response: httpx.Response, previous: int) -> float | None:
         """Seconds to wait before retrying, or None when the answer is not a rate limit."""
@@ -207,7 +178,7 @@ class GitHubHTTP:
             return None
         headers = response.headers
         message = error_message(response)[0].lower()
-        retry_after = _retry_after_seconds(response)
+        retry_after = retry.retry_after_seconds(response)
         if retry_after is not None:
             return retry_after
         if headers.get("x-ratelimit-remaining") == "0":

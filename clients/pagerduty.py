@@ -6,10 +6,8 @@ helpers for pipelines. 429 and 5xx retry with jittered backoff; 400 (an invalid 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import SecretStr
 
+from clients import retry
 from clients.redact import redact, register_secret
 
 if TYPE_CHECKING:
@@ -34,8 +33,6 @@ Severity = Literal["critical", "error", "warning", "info"]
 Priority = Literal["P1", "P2", "P3"]
 SEVERITY_FOR_PRIORITY: dict[str, Severity] = {"P1": "critical", "P2": "error", "P3": "warning"}
 _SEVERITIES: frozenset[str] = frozenset({"critical", "error", "warning", "info"})
-
-_random = secrets.SystemRandom()
 
 
 class PagerDutyError(Exception):
@@ -60,8 +57,8 @@ class PagerDutyUnavailable(PagerDutyError):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How long one call may keep trying. Tests shrink every number."""
+class RetryPolicy(retry.RetryPolicy):
+    """Longer than the shared defaults: a page is worth a minute of retries."""
 
     attempts: int = 5
     backoff: float = 1.0
@@ -177,18 +174,16 @@ class PagerDuty:
             "dedup_key": key,
             **extra,
         }
-        policy = self.policy
-        waited = 0.0
-        attempt = 0
+        retries = retry.Retries(self.policy)
         while True:
-            attempt += 1
             try:
                 response = await self._http.post(self.events_url, json=body)
             except httpx.HTTPError as exc:
                 reason = f"{action}: {type(exc).__name__}"
-                delay = self._backoff(attempt)
-                if attempt >= policy.attempts or waited + delay > policy.max_wait:
-                    raise PagerDutyUnavailable(f"{reason} after {attempt} attempts") from exc
+                if (delay := retries.failed()) is None:
+                    raise PagerDutyUnavailable(
+                        f"{reason} after {retries.failures} attempts"
+                    ) from exc
                 logger.info("PagerDuty %s; retrying in %.1fs", reason, delay)
             else:
                 status = response.status_code
@@ -197,17 +192,11 @@ class PagerDuty:
                 text = f"{action}: HTTP {status}: {_error_text(response)}"
                 if status != 429 and status < 500:
                     raise PagerDutyInvalidEvent(text, status=status)
-                delay = self._backoff(attempt)
-                if attempt >= policy.attempts or waited + delay > policy.max_wait:
+                if (delay := retries.failed()) is None:
                     kind = PagerDutyRateLimited if status == 429 else PagerDutyUnavailable
-                    raise kind(f"{text} (after {attempt} attempts)", status=status)
+                    raise kind(f"{text} (after {retries.failures} attempts)", status=status)
                 logger.info("PagerDuty %s: HTTP %d; retrying in %.1fs", action, status, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (attempt - 1))
-        return _random.uniform(ceiling / 2, ceiling)
+            await retries.sleep(delay)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -7,10 +7,8 @@ total. 401, 403, 404 and other 4xx answers raise at once. The token never appear
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -18,6 +16,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr
+
+from clients import retry
 
 logger = logging.getLogger("gantry.snyk")
 
@@ -27,7 +27,6 @@ SEVERITIES = ("info", "low", "medium", "high", "critical")
 # A runaway ``links.next`` chain must end: 100 pages of 100 issues is far beyond any package.
 MAX_PAGES = 100
 PAGE_LIMIT = 100
-_random = secrets.SystemRandom()
 
 
 class SnykError(Exception):
@@ -79,18 +78,15 @@ class Finding(BaseModel):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How long one call may keep trying. Tests shrink every number."""
+class RetryPolicy(retry.RetryPolicy):
+    """The shared bounds, slower: a scan can wait. ``attempts`` (4) counts the tries for 5xx
+    answers and connection errors, and is also the most rate-limit waits."""
 
-    # Tries in all for 5xx answers and connection errors; also the most rate-limit waits.
-    attempts: int = 4
-    # First backoff ceiling in seconds, doubled per retry, capped; the sleep is drawn below it.
     backoff: float = 1.0
     backoff_cap: float = 30.0
+    max_wait: float = 120.0
     # The longest single Retry-After this client honours; longer asks give up at once.
     max_retry_after: float = 60.0
-    # Total seconds one call may spend sleeping.
-    max_wait: float = 120.0
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -111,13 +107,6 @@ def _error_text(response: httpx.Response) -> str:
             if isinstance(body.get(key), str) and body[key]:
                 return str(body[key])
     return response.reason_phrase or f"HTTP {response.status_code}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(float(response.headers["retry-after"]), 0.0)
-    except (KeyError, ValueError):
-        return None
 
 
 def _severity(value: object) -> str:
@@ -331,61 +320,48 @@ class SnykClient:
             "Accept": accept,
         }
         what = f"{method} {path.split('?', 1)[0]}"
-        waited = 0.0
-        failures = 0
-        limited = 0
+        retries = retry.Retries(policy)
         while True:
             try:
                 response = await self._http.request(
                     method, path, json=json, params=params, headers=headers
                 )
             except httpx.HTTPError as exc:
-                failures += 1
                 reason = f"{what}: {type(exc).__name__}"
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                if (delay := retries.failed()) is None:
                     raise SnykUnavailable(
-                        f"{reason} after {failures} attempts ({self.api_url})"
+                        f"{reason} after {retries.failures} attempts ({self.api_url})"
                     ) from None
                 logger.info("Snyk %s; retrying in %.2fs", reason, delay)
-                await asyncio.sleep(delay)
-                waited += delay
+                await retries.sleep(delay)
                 continue
             status = response.status_code
             if status < 400:
                 return response
             text = _error_text(response)
             if status >= 500:
-                failures += 1
                 reference = response.headers.get("x-error-reference")
                 ref = f" (error reference {reference})" if reference else ""
-                delay = self._backoff(failures)
-                if failures >= policy.attempts or waited + delay > policy.max_wait:
+                if (delay := retries.failed()) is None:
                     raise SnykUnavailable(
-                        f"{what}: HTTP {status} after {failures} attempts: {text}{ref}",
+                        f"{what}: HTTP {status} after {retries.failures} attempts: {text}{ref}",
                         status=status,
                     )
                 logger.info("Snyk %s: HTTP %d%s; retrying in %.2fs", what, status, ref, delay)
-                await asyncio.sleep(delay)
-                waited += delay
+                await retries.sleep(delay)
                 continue
             if status == 429:
-                limited += 1
-                asked = _retry_after(response)
-                delay = self._backoff(limited) if asked is None else asked
-                if (
-                    limited > policy.attempts
-                    or delay > policy.max_retry_after
-                    or waited + delay > policy.max_wait
-                ):
+                asked = retry.retry_after_seconds(response)
+                delay = policy.delay(retries.limited + 1) if asked is None else asked
+                if not retries.may_wait(delay) or delay > policy.max_retry_after:
                     raise SnykRateLimited(
-                        f"{what}: rate limited; would wait {delay:.0f}s more after {limited} "
-                        f"waits, beyond what this call may ({policy.max_wait:.0f}s)",
+                        f"{what}: rate limited; would wait {delay:.0f}s more after "
+                        f"{retries.limited} waits, beyond what this call may "
+                        f"({policy.max_wait:.0f}s)",
                         status=status,
                     )
                 logger.warning("Snyk rate limit on %s: waiting %.2fs", what, delay)
-                await asyncio.sleep(delay)
-                waited += delay
+                await retries.sleep(delay)
                 continue
             message = f"{what}: HTTP {status}: {text}"
             if status in (401, 403):
@@ -393,8 +369,3 @@ class SnykClient:
             if status == 404:
                 raise SnykNotFoundError(message, status=status)
             raise SnykError(message, status=status)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.policy.backoff_cap, self.policy.backoff * 2 ** (failures - 1))
-        # Jittered: parallel scans retrying together must not hit Snyk in lockstep.
-        return _random.uniform(ceiling / 2, ceiling)
