@@ -17,7 +17,8 @@ from flows.report import StatusReporter, describe, flow_run_url
 from flows.results import StageResult, StageStatus
 
 if TYPE_CHECKING:
-    from tests.fakes.github_api import FakeGitHub
+    from deployments.prefect_server import PrefectServer
+from tests.fakes.github_api import FakeGitHub
 
 pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -233,10 +234,11 @@ def test_target_url_is_none_outside_a_flow_run_without_ui() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_inside_a_flow_run_statuses_link_to_that_run_in_the_prefect_ui(
-    github_api: FakeGitHub,
+    github_api: FakeGitHub, prefect_server: PrefectServer
 ) -> None:
     from prefect import flow
-    from prefect.testing.utilities import prefect_test_harness
+
+    del prefect_server  # the session's real server, shared rather than one more to start
 
     credentials = GitHubCredentials(api_url=github_api.url, token=SecretStr(github_api.token))
 
@@ -248,8 +250,7 @@ def test_inside_a_flow_run_statuses_link_to_that_run_in_the_prefect_ui(
             await reporter.stage_started("lint")
         return str(flow_run.id)
 
-    with prefect_test_harness(server_startup_timeout=60):
-        run_id = asyncio.run(probe())
+    run_id = asyncio.run(probe())
 
     [status] = github_api.state.statuses[(REPO, SHA)]
     assert status["target_url"] == f"{UI}/runs/flow-run/{run_id}"
