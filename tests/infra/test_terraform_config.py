@@ -14,6 +14,7 @@ import pytest
 
 from .tools import (
     AWS_ONLY_MODULES,
+    COMPONENT_MODULES,
     ENVIRONMENTS,
     ENVS_DIR,
     MODULES_DIR,
@@ -50,6 +51,16 @@ def _critical(monitor: Block) -> object:
 
 def _module_args(env: str) -> dict[str, Block]:
     return labelled(load_hcl(ENVS_DIR / env).get("module", []))
+
+
+def _env_values(env: str) -> Block:
+    """What envs/<env> passes to modules/environment: its own sizes, names and thresholds."""
+    return _module_args(env)["environment"]
+
+
+def _components() -> dict[str, Block]:
+    """modules/environment's calls of the component modules, by name."""
+    return labelled(load_hcl(MODULES_DIR / "environment")["module"])
 
 
 def _backend(env: str) -> Block:
@@ -146,8 +157,9 @@ def test_p1_pages_on_call_and_p3_only_notifies() -> None:
 
 
 def test_staging_never_pages_and_production_does() -> None:
-    assert _module_args("staging")["monitoring"]["page_on_call"] is False
-    assert _module_args("production")["monitoring"]["page_on_call"] is True
+    assert _env_values("staging")["page_on_call"] is False
+    assert _env_values("production")["page_on_call"] is True
+    assert unquote(_components()["monitoring"]["page_on_call"]) == "${var.page_on_call}"
 
 
 def test_every_monitor_links_a_runbook_that_exists() -> None:
@@ -162,11 +174,15 @@ def test_every_monitor_links_a_runbook_that_exists() -> None:
 
 
 def test_production_database_is_multi_az_deletion_protected_and_backed_up() -> None:
-    database = _module_args("production")["database"]
+    database = _env_values("production")["database"]
     assert database["multi_az"] is True
     assert database["deletion_protection"] is True
     assert database["backup_retention_days"] >= 7
-    assert unquote(database["environment"]) == "${local.environment}"
+    component = _components()["database"]
+    for name in ("multi_az", "deletion_protection", "backup_retention_days"):
+        assert unquote(component[name]) == f"${{var.database.{name}}}", name
+    assert unquote(component["environment"]) == "${var.environment}"
+    assert unquote(_env_values("production")["environment"]) == "${local.environment}"
     (locals_block,) = load_hcl(ENVS_DIR / "production")["locals"]
     assert unquote(locals_block["environment"]) == "production"
 
@@ -198,26 +214,62 @@ def test_staging_and_production_never_share_state() -> None:
 
 
 def test_staging_and_production_never_share_a_database_or_network() -> None:
+    (module_locals,) = load_hcl(MODULES_DIR / "environment")["locals"]
+    assert unquote(module_locals["name"]) == "gantry-${var.environment}"
+    components = _components()
+    database = components["database"]
+    assert unquote(database["name"]) == "${local.name}"
+    assert unquote(database["private_subnet_ids"]) == "${module.network.private_subnet_ids}"
+    assert unquote(components["network"]["cidr_block"]) == "${var.network.cidr_block}"
     names = {}
     for env in ENVIRONMENTS:
         (locals_block,) = load_hcl(ENVS_DIR / env)["locals"]
         assert unquote(locals_block["environment"]) == env
-        assert unquote(locals_block["name"]) == "gantry-${local.environment}"
-        database = _module_args(env)["database"]
-        assert unquote(database["name"]) == "${local.name}"
-        assert unquote(database["private_subnet_ids"]) == "${module.network.private_subnet_ids}"
-        names[env] = unquote(_module_args(env)["network"]["cidr_block"])
+        assert unquote(_env_values(env)["environment"]) == "${local.environment}"
+        names[env] = unquote(_env_values(env)["network"]["cidr_block"])
     assert names["staging"] != names["production"]
 
 
 def test_production_is_sized_for_high_availability() -> None:
-    production = _module_args("production")
+    production = _env_values("production")
     assert production["network"]["single_nat_gateway"] is False
     assert production["prefect"]["server_replicas"] >= 2
-    node_groups = production["cluster"]["node_groups"]
+    node_groups = production["node_groups"]
     assert isinstance(node_groups, dict)
     assert all(group["min_size"] >= 1 for group in node_groups.values())
     assert node_groups["general"]["min_size"] >= 3
+    network, prefect, cluster = (_components()[name] for name in ("network", "prefect", "cluster"))
+    assert unquote(network["single_nat_gateway"]) == "${var.network.single_nat_gateway}"
+    assert unquote(prefect["server_replicas"]) == "${var.prefect.server_replicas}"
+    assert unquote(cluster["node_groups"]) == "${var.node_groups}"
+
+
+def test_each_environment_composes_the_components_once_through_one_module() -> None:
+    assert set(_components()) == set(COMPONENT_MODULES)
+    for env in ENVIRONMENTS:
+        (call,) = load_hcl(ENVS_DIR / env)["module"]
+        assert set(call) == {'"environment"'}
+        assert unquote(_env_values(env)["source"]) == "../../modules/environment"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_components_keep_their_state_where_the_environment_module_calls_them(env: str) -> None:
+    moves = {
+        (unquote(block["from"]), unquote(block["to"]))
+        for block in load_hcl(ENVS_DIR / env).get("moved", [])
+    }
+    assert moves == {
+        (f"${{module.{name}}}", f"${{module.environment.module.{name}}}")
+        for name in COMPONENT_MODULES
+    }
+
+
+@pytest.mark.parametrize("module", ALL_MODULES)
+def test_modules_configure_no_provider_or_backend(module: str) -> None:
+    config = load_hcl(MODULES_DIR / module)
+    assert "provider" not in config
+    for terraform in config.get("terraform", []):
+        assert "backend" not in terraform
 
 
 def test_prefect_module_uses_the_official_charts_on_external_postgresql() -> None:

@@ -25,8 +25,11 @@ SHIM = Path(__file__).with_name("terraform_shim.py")
 AWS_PROVIDER_MIRROR = Path("/opt/tf-plugins")
 # Modules whose only provider is AWS, available from the local mirror: validated for real.
 AWS_ONLY_MODULES = ("network", "cluster", "database", "registry")
-# Modules needing providers no offline mirror holds (helm, kubernetes, datadog, pagerduty).
-PARSED_ONLY_MODULES = ("prefect", "monitoring")
+# Modules needing providers no offline mirror holds (helm, kubernetes, datadog, pagerduty);
+# environment composes all the others, so it needs them too.
+PARSED_ONLY_MODULES = ("prefect", "monitoring", "environment")
+# The components modules/environment composes, once for every environment.
+COMPONENT_MODULES = ("network", "cluster", "database", "registry", "prefect", "monitoring")
 ENVIRONMENTS = ("staging", "production")
 
 TOOL_TIMEOUT_S = 180

@@ -1,6 +1,5 @@
 locals {
   environment = "production"
-  name        = "gantry-${local.environment}"
   tags        = { Project = "gantry", Environment = local.environment, ManagedBy = "terraform" }
 }
 
@@ -12,23 +11,23 @@ provider "aws" {
 }
 
 provider "kubernetes" {
-  host                   = module.cluster.cluster_endpoint
-  cluster_ca_certificate = base64decode(module.cluster.cluster_ca_certificate)
+  host                   = module.environment.cluster_endpoint
+  cluster_ca_certificate = base64decode(module.environment.cluster_ca_certificate)
   exec {
     api_version = "client.authentication.k8s.io/v1beta1"
     command     = "aws"
-    args        = ["eks", "get-token", "--cluster-name", module.cluster.cluster_name, "--region", var.region]
+    args        = ["eks", "get-token", "--cluster-name", module.environment.cluster_name, "--region", var.region]
   }
 }
 
 provider "helm" {
   kubernetes {
-    host                   = module.cluster.cluster_endpoint
-    cluster_ca_certificate = base64decode(module.cluster.cluster_ca_certificate)
+    host                   = module.environment.cluster_endpoint
+    cluster_ca_certificate = base64decode(module.environment.cluster_ca_certificate)
     exec {
       api_version = "client.authentication.k8s.io/v1beta1"
       command     = "aws"
-      args        = ["eks", "get-token", "--cluster-name", module.cluster.cluster_name, "--region", var.region]
+      args        = ["eks", "get-token", "--cluster-name", module.environment.cluster_name, "--region", var.region]
     }
   }
 }
@@ -43,25 +42,17 @@ provider "pagerduty" {
   token = var.pagerduty_token
 }
 
-module "network" {
-  source = "../../modules/network"
+# This environment's own values; what staging and production share is composed in modules/environment.
+module "environment" {
+  source = "../../modules/environment"
 
-  name               = local.name
-  cluster_name       = local.name
-  cidr_block         = "10.10.0.0/16"
-  availability_zones = var.availability_zones
-  # One NAT gateway per zone: losing a zone never cuts the others off.
-  single_nat_gateway = false
-  tags               = local.tags
-}
-
-module "cluster" {
-  source = "../../modules/cluster"
-
-  name                         = local.name
-  vpc_id                       = module.network.vpc_id
-  private_subnet_ids           = module.network.private_subnet_ids
-  endpoint_public_access_cidrs = var.api_access_cidrs
+  environment = local.environment
+  tags        = local.tags
+  network = {
+    cidr_block = "10.10.0.0/16"
+    # One NAT gateway per zone: losing a zone never cuts the others off.
+    single_nat_gateway = false
+  }
   node_groups = {
     general = {
       instance_types = ["m6i.xlarge"]
@@ -77,56 +68,21 @@ module "cluster" {
       labels         = { "gantry.dev/workload" = "pipelines" }
     }
   }
-  tags = local.tags
-}
+  database = {
+    instance_class           = "db.r6g.large"
+    allocated_storage_gb     = 100
+    max_allocated_storage_gb = 1000
+    multi_az                 = true
+    deletion_protection      = true
+    backup_retention_days    = 30
+  }
+  prefect      = { server_replicas = 2, worker_replicas = 2 }
+  page_on_call = true
 
-module "database" {
-  source = "../../modules/database"
-
-  name                       = local.name
-  environment                = local.environment
-  vpc_id                     = module.network.vpc_id
-  private_subnet_ids         = module.network.private_subnet_ids
-  allowed_security_group_ids = [module.cluster.cluster_security_group_id]
-  instance_class             = "db.r6g.large"
-  allocated_storage_gb       = 100
-  max_allocated_storage_gb   = 1000
-  multi_az                   = true
-  deletion_protection        = true
-  backup_retention_days      = 30
-  tags                       = local.tags
-}
-
-module "registry" {
-  source = "../../modules/registry"
-
-  repositories = ["gantry"]
-  tags         = local.tags
-}
-
-module "prefect" {
-  source = "../../modules/prefect"
-
-  environment             = local.environment
-  server_replicas         = 2
-  worker_replicas         = 2
-  database_host           = module.database.address
-  database_port           = module.database.port
-  database_name           = module.database.database_name
-  database_secret_arn     = module.database.master_user_secret_arn
-  webhook_secret_arn      = var.webhook_secret_arn
-  gantry_image_repository = module.registry.repository_urls["gantry"]
+  availability_zones      = var.availability_zones
+  api_access_cidrs        = var.api_access_cidrs
   gantry_image_tag        = var.gantry_image_tag
-  base_job_template_path  = "${path.root}/../../../k8s/work-pool/base-job-template.json"
-}
-
-module "monitoring" {
-  source = "../../modules/monitoring"
-
-  environment             = local.environment
-  page_on_call            = true
-  database_identifiers    = [module.database.instance_identifier]
-  work_pool_name          = module.prefect.work_pool_name
+  webhook_secret_arn      = var.webhook_secret_arn
   runbook_base_url        = var.runbook_base_url
   notify_handles          = var.notify_handles
   escalation_schedule_ids = var.escalation_schedule_ids

@@ -1,29 +1,29 @@
 output "cluster_name" {
   description = "EKS cluster of this environment (`aws eks update-kubeconfig --name <this>`)."
-  value       = module.cluster.cluster_name
+  value       = module.environment.cluster_name
 }
 
 output "prefect_api_url" {
   description = "In-cluster Prefect API URL."
-  value       = module.prefect.prefect_api_url
+  value       = module.environment.prefect_api_url
 }
 
 output "gantry_image_repository" {
   description = "Registry repository to push Gantry's image to."
-  value       = module.registry.repository_urls["gantry"]
+  value       = module.environment.gantry_image_repository
 }
 
 output "database_instance" {
   description = "RDS instance identifier of this environment's own database."
-  value       = module.database.instance_identifier
+  value       = module.environment.database_instance
 }
 
 output "autoscaler" {
   description = "IAM role and flags for the cluster autoscaler."
-  value       = { role_arn = module.cluster.autoscaler_role_arn, args = module.cluster.autoscaler_args }
+  value       = module.environment.autoscaler
 }
 
 output "monitor_ids" {
   description = "Datadog monitor IDs by name."
-  value       = module.monitoring.monitor_ids
+  value       = module.environment.monitor_ids
 }

@@ -1,6 +1,5 @@
 locals {
   environment = "staging"
-  name        = "gantry-${local.environment}"
   tags        = { Project = "gantry", Environment = local.environment, ManagedBy = "terraform" }
 }
 
@@ -12,23 +11,23 @@ provider "aws" {
 }
 
 provider "kubernetes" {
-  host                   = module.cluster.cluster_endpoint
-  cluster_ca_certificate = base64decode(module.cluster.cluster_ca_certificate)
+  host                   = module.environment.cluster_endpoint
+  cluster_ca_certificate = base64decode(module.environment.cluster_ca_certificate)
   exec {
     api_version = "client.authentication.k8s.io/v1beta1"
     command     = "aws"
-    args        = ["eks", "get-token", "--cluster-name", module.cluster.cluster_name, "--region", var.region]
+    args        = ["eks", "get-token", "--cluster-name", module.environment.cluster_name, "--region", var.region]
   }
 }
 
 provider "helm" {
   kubernetes {
-    host                   = module.cluster.cluster_endpoint
-    cluster_ca_certificate = base64decode(module.cluster.cluster_ca_certificate)
+    host                   = module.environment.cluster_endpoint
+    cluster_ca_certificate = base64decode(module.environment.cluster_ca_certificate)
     exec {
       api_version = "client.authentication.k8s.io/v1beta1"
       command     = "aws"
-      args        = ["eks", "get-token", "--cluster-name", module.cluster.cluster_name, "--region", var.region]
+      args        = ["eks", "get-token", "--cluster-name", module.environment.cluster_name, "--region", var.region]
     }
   }
 }
@@ -43,25 +42,17 @@ provider "pagerduty" {
   token = var.pagerduty_token
 }
 
-module "network" {
-  source = "../../modules/network"
+# This environment's own values; what staging and production share is composed in modules/environment.
+module "environment" {
+  source = "../../modules/environment"
 
-  name               = local.name
-  cluster_name       = local.name
-  cidr_block         = "10.20.0.0/16"
-  availability_zones = var.availability_zones
-  # One NAT gateway is enough for staging; production has one per zone.
-  single_nat_gateway = true
-  tags               = local.tags
-}
-
-module "cluster" {
-  source = "../../modules/cluster"
-
-  name                         = local.name
-  vpc_id                       = module.network.vpc_id
-  private_subnet_ids           = module.network.private_subnet_ids
-  endpoint_public_access_cidrs = var.api_access_cidrs
+  environment = local.environment
+  tags        = local.tags
+  network = {
+    cidr_block = "10.20.0.0/16"
+    # One NAT gateway is enough for staging; production has one per zone.
+    single_nat_gateway = true
+  }
   node_groups = {
     general = {
       instance_types = ["m6i.large"]
@@ -71,58 +62,23 @@ module "cluster" {
       desired_size   = 2
     }
   }
-  tags = local.tags
-}
-
-module "database" {
-  source = "../../modules/database"
-
-  name                       = local.name
-  environment                = local.environment
-  vpc_id                     = module.network.vpc_id
-  private_subnet_ids         = module.network.private_subnet_ids
-  allowed_security_group_ids = [module.cluster.cluster_security_group_id]
-  instance_class             = "db.t4g.medium"
-  allocated_storage_gb       = 20
-  max_allocated_storage_gb   = 200
-  # Staging's own database: single zone and deletable, still encrypted and backed up.
-  multi_az              = false
-  deletion_protection   = false
-  backup_retention_days = 7
-  tags                  = local.tags
-}
-
-module "registry" {
-  source = "../../modules/registry"
-
-  repositories = ["gantry"]
-  tags         = local.tags
-}
-
-module "prefect" {
-  source = "../../modules/prefect"
-
-  environment             = local.environment
-  server_replicas         = 1
-  worker_replicas         = 1
-  database_host           = module.database.address
-  database_port           = module.database.port
-  database_name           = module.database.database_name
-  database_secret_arn     = module.database.master_user_secret_arn
-  webhook_secret_arn      = var.webhook_secret_arn
-  gantry_image_repository = module.registry.repository_urls["gantry"]
-  gantry_image_tag        = var.gantry_image_tag
-  base_job_template_path  = "${path.root}/../../../k8s/work-pool/base-job-template.json"
-}
-
-module "monitoring" {
-  source = "../../modules/monitoring"
-
-  environment = local.environment
+  database = {
+    instance_class           = "db.t4g.medium"
+    allocated_storage_gb     = 20
+    max_allocated_storage_gb = 200
+    # Staging's own database: single zone and deletable, still encrypted and backed up.
+    multi_az              = false
+    deletion_protection   = false
+    backup_retention_days = 7
+  }
+  prefect = { server_replicas = 1, worker_replicas = 1 }
   # Staging alerts notify; they never page the on-call.
-  page_on_call            = false
-  database_identifiers    = [module.database.instance_identifier]
-  work_pool_name          = module.prefect.work_pool_name
+  page_on_call = false
+
+  availability_zones      = var.availability_zones
+  api_access_cidrs        = var.api_access_cidrs
+  gantry_image_tag        = var.gantry_image_tag
+  webhook_secret_arn      = var.webhook_secret_arn
   runbook_base_url        = var.runbook_base_url
   notify_handles          = var.notify_handles
   escalation_schedule_ids = var.escalation_schedule_ids

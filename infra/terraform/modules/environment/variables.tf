@@ -1,0 +1,90 @@
+variable "environment" {
+  type        = string
+  description = "\"staging\" or \"production\": names every resource gantry-<environment> and tags monitors and releases."
+
+  validation {
+    condition     = contains(["staging", "production"], var.environment)
+    error_message = "environment is staging or production."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every AWS resource (the root also sets them as the provider's default tags)."
+  default     = {}
+}
+
+variable "network" {
+  type = object({
+    cidr_block         = string
+    single_nat_gateway = bool
+  })
+  description = "The environment's own VPC range, and whether one NAT gateway serves every zone (cheaper) instead of one per zone (highly available)."
+}
+
+variable "availability_zones" {
+  type        = list(string)
+  description = "The three availability zones the network, nodes and database span."
+}
+
+variable "api_access_cidrs" {
+  type        = list(string)
+  description = "CIDR ranges (VPN, CI egress) allowed to reach the Kubernetes API endpoint; empty keeps it private."
+  default     = []
+}
+
+variable "node_groups" {
+  # Passed as given to the cluster module, whose node_groups variable types and validates it.
+  type        = any
+  description = "Managed node groups by name, as the cluster module's node_groups: instance_types, min/max/desired_size and optionally capacity_type, disk_size_gb, labels."
+}
+
+variable "database" {
+  type = object({
+    instance_class           = string
+    allocated_storage_gb     = number
+    max_allocated_storage_gb = number
+    multi_az                 = bool
+    deletion_protection      = bool
+    backup_retention_days    = number
+  })
+  description = "Size, availability and backups of the environment's own PostgreSQL instance; the database module refuses a production one that is not multi-AZ and deletion-protected."
+}
+
+variable "prefect" {
+  type = object({
+    server_replicas = number
+    worker_replicas = number
+  })
+  description = "Replicas of the Prefect API server and of the worker polling the work pool."
+}
+
+variable "page_on_call" {
+  type        = bool
+  description = "Route P1 and P2 alerts to PagerDuty; false makes every alert only notify."
+}
+
+variable "gantry_image_tag" {
+  type        = string
+  description = "Immutable tag of Gantry's image in the registry to run as worker and receiver."
+}
+
+variable "webhook_secret_arn" {
+  type        = string
+  description = "Secrets Manager secret holding the GitHub webhook secret (created outside Terraform so the value never enters the code)."
+}
+
+variable "runbook_base_url" {
+  type        = string
+  description = "Web URL of docs/runbooks in Gantry's repository, linked from every monitor."
+}
+
+variable "notify_handles" {
+  type        = list(string)
+  description = "Datadog handles every alert notifies, e.g. [\"@slack-platform-alerts\"]."
+}
+
+variable "escalation_schedule_ids" {
+  type        = list(string)
+  description = "PagerDuty schedule IDs in escalation order (primary, secondary)."
+}
