@@ -28,9 +28,11 @@ variable "private_subnet_ids" {
   }
 }
 
-variable "allowed_security_group_ids" {
-  type        = list(string)
-  description = "Security groups that may connect on the PostgreSQL port (the cluster's)."
+variable "allowed_security_groups" {
+  type = map(string)
+  # A map, not a list: its keys name the ingress rules and are known when planning a new
+  # environment, while the ids of security groups created in the same plan are not.
+  description = "Security groups that may connect on the PostgreSQL port, by name (e.g. cluster = sg-...)."
 }
 
 variable "engine_version" {

@@ -31,18 +31,18 @@ module "cluster" {
 module "database" {
   source = "../database"
 
-  name                       = local.name
-  environment                = var.environment
-  vpc_id                     = module.network.vpc_id
-  private_subnet_ids         = module.network.private_subnet_ids
-  allowed_security_group_ids = [module.cluster.cluster_security_group_id]
-  instance_class             = var.database.instance_class
-  allocated_storage_gb       = var.database.allocated_storage_gb
-  max_allocated_storage_gb   = var.database.max_allocated_storage_gb
-  multi_az                   = var.database.multi_az
-  deletion_protection        = var.database.deletion_protection
-  backup_retention_days      = var.database.backup_retention_days
-  tags                       = var.tags
+  name                     = local.name
+  environment              = var.environment
+  vpc_id                   = module.network.vpc_id
+  private_subnet_ids       = module.network.private_subnet_ids
+  allowed_security_groups  = { cluster = module.cluster.cluster_security_group_id }
+  instance_class           = var.database.instance_class
+  allocated_storage_gb     = var.database.allocated_storage_gb
+  max_allocated_storage_gb = var.database.max_allocated_storage_gb
+  multi_az                 = var.database.multi_az
+  deletion_protection      = var.database.deletion_protection
+  backup_retention_days    = var.database.backup_retention_days
+  tags                     = var.tags
 }
 
 module "registry" {

@@ -17,11 +17,11 @@ mock_provider "aws" {
 }
 
 variables {
-  name                       = "gantry-test"
-  environment                = "production"
-  vpc_id                     = "vpc-123"
-  private_subnet_ids         = ["subnet-a", "subnet-b", "subnet-c"]
-  allowed_security_group_ids = ["sg-cluster"]
+  name                    = "gantry-test"
+  environment             = "production"
+  vpc_id                  = "vpc-123"
+  private_subnet_ids      = ["subnet-a", "subnet-b", "subnet-c"]
+  allowed_security_groups = { cluster = "sg-cluster" }
 }
 
 run "production_database_is_encrypted_multi_az_protected_and_private" {
@@ -35,6 +35,11 @@ run "production_database_is_encrypted_multi_az_protected_and_private" {
   assert {
     condition     = aws_db_instance.this.publicly_accessible == false
     error_message = "The database is never publicly accessible."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.from_cluster["cluster"].referenced_security_group_id == "sg-cluster" && aws_vpc_security_group_ingress_rule.from_cluster["cluster"].from_port == 5432
+    error_message = "PostgreSQL is open to the cluster's security group, on its port only."
   }
 
   assert {
