@@ -99,6 +99,7 @@ class WorkerOptions:
     work_queues: list[str] | None = None
     limit: int | None = None
     base_job_template: Path | None = None
+    with_healthcheck: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
@@ -124,6 +125,11 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         type=Path,
         help="JSON base job template, used when the worker creates the pool",
     )
+    parser.add_argument(
+        "--with-healthcheck",
+        action="store_true",
+        help="serve Prefect's worker health check on PREFECT_WORKER_WEBSERVER_HOST/PORT",
+    )
     args = parser.parse_args(argv)
     return WorkerOptions(
         pool=args.pool,
@@ -132,6 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         work_queues=args.work_queues,
         limit=args.limit,
         base_job_template=args.base_job_template,
+        with_healthcheck=args.with_healthcheck,
     )
 
 
@@ -158,7 +165,7 @@ def _printer(worker: AnyWorker) -> Callable[..., None]:
     return printer
 
 
-async def serve(worker: AnyWorker) -> None:
+async def serve(worker: AnyWorker, with_healthcheck: bool = False) -> None:
     """Run ``worker`` as ``prefect worker start`` does, until it fails or is told to stop."""
     printer = _printer(worker)
     loop = asyncio.get_running_loop()
@@ -181,7 +188,7 @@ async def serve(worker: AnyWorker) -> None:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
     try:
-        await worker.start(printer=printer)
+        await worker.start(printer=printer, with_healthcheck=with_healthcheck)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -199,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"cannot start the worker: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(worker))
+    asyncio.run(serve(worker, options.with_healthcheck))
     return 0
 
 

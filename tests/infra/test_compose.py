@@ -66,7 +66,10 @@ def test_receiver_and_worker_run_gantrys_image_and_talk_to_the_server() -> None:
         assert service["read_only"] is True
     assert services["webhook-receiver"]["command"] == ["gantry", "webhooks", "serve"]
     assert services["webhook-receiver"]["healthcheck"]["test"][-1].count("/readyz") == 1
-    assert services["worker"]["command"][:3] == ["prefect", "worker", "start"]
+    # Gantry's worker (Prefect's plus the heartbeat metric), with Prefect's health check on.
+    command = services["worker"]["command"]
+    assert command[:3] == ["python", "-m", "deployments.worker"]
+    assert "--with-healthcheck" in command
 
 
 def test_published_ports_listen_on_loopback_only() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clients.metrics import Metrics
@@ -162,7 +163,12 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def running_worker(
-    tmp_path: Path, api_url: str, statsd: StatsdListener, pool: str, **extra_env: str
+    tmp_path: Path,
+    api_url: str,
+    statsd: StatsdListener,
+    pool: str,
+    *extra_args: str,
+    **extra_env: str,
 ) -> Iterator[WorkerProcess]:
     env = {
         key: value
@@ -184,7 +190,7 @@ def running_worker(
         }
     )
     argv = [PY, "-m", "deployments.worker", "--pool", pool, "--type", "process"]
-    argv += ["--name", f"{pool}-worker"]
+    argv += ["--name", f"{pool}-worker", *extra_args]
     log = tmp_path / f"worker-{pool}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -284,11 +290,22 @@ def test_a_polling_worker_sends_one_heartbeat_per_poll_tagged_with_its_pool(
     prefect_server: PrefectServer, work_pool: str, statsd: StatsdListener, tmp_path: Path
 ) -> None:
     api_url = prefect_server.settings.prefect_api_url
-    with running_worker(tmp_path, api_url, statsd, work_pool) as worker:
+    port = free_port()
+    with running_worker(
+        tmp_path,
+        api_url,
+        statsd,
+        work_pool,
+        "--with-healthcheck",  # as Compose starts it
+        PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1",
+        PREFECT_WORKER_WEBSERVER_PORT=str(port),
+    ) as worker:
         worker.wait_for("started", timeout=STARTUP_TIMEOUT)
         lines = heartbeats(statsd, 2, timeout=30)
         assert set(lines) == {f"{HEARTBEAT}:1|c|#work_pool:{work_pool},env:{ENVIRONMENT}"}
         assert worker.proc.poll() is None
+        # Prefect's own health check answers too: Compose probes it.
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
 
         assert worker.stop() == 0, worker.output()[-4000:]
         assert "stopped" in worker.output()
