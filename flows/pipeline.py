@@ -121,7 +121,9 @@ async def finish(
         seconds=round(time.monotonic() - started, 3),
         data=data or {},
     )
-    await publish_summary(summary.context.pipeline, summary.stages, summary.seconds, summary.data)
+    await publish_summary(
+        summary.context.pipeline, summary.stages, summary.seconds, summary.data, summary.context
+    )
     metrics = await load_metrics()
     outcome = "failed" if summary.failed else "success"
     repository = context.repository_name or repository_slug(context.repository)
