@@ -60,7 +60,7 @@ def test_every_output_line_becomes_one_json_object_and_the_exit_code_is_kept(
         "import sys\n"
         'print(\'time="t" level=warning msg="storage is slow"\', flush=True)\n'
         "print('no structure here', file=sys.stderr, flush=True)\n"
-        "print('{\"level\": \"INFO\", \"message\": \"already json\"}', flush=True)\n"
+        'print(\'{"level": "INFO", "message": "already json"}\', flush=True)\n'
         "sys.exit(3)\n"
     )
     code, records = relay_run(script, tmp_path)
