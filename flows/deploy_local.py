@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import random
 import time
 from pathlib import Path
 
@@ -26,6 +27,25 @@ from flows.logs import step_logger
 from flows.targets import DeployError, DeployOutcome, DeployRequest, Environment
 
 LABEL = "dev.gantry"
+
+
+# Podman can refuse to remove a container it is still tearing down ("device or resource busy");
+# a moment later it succeeds. Bounded and jittered, so a real failure still surfaces quickly.
+REMOVE_ATTEMPTS = 6
+
+
+def remove_container(container: Container) -> None:
+    """Force-remove ``container``; gone already counts as removed."""
+    for attempt in range(1, REMOVE_ATTEMPTS + 1):
+        try:
+            container.remove(force=True)
+            return
+        except NotFound:
+            return
+        except APIError as exc:
+            if attempt == REMOVE_ATTEMPTS or "busy" not in str(exc).lower():
+                raise
+            time.sleep(random.uniform(0.25, 0.5) * attempt)  # noqa: S311 - jitter, not security
 
 
 class PortSlots:
@@ -156,7 +176,7 @@ class LocalContainerTarget:
     @staticmethod
     def _remove(client: docker.DockerClient, name: str) -> None:
         with contextlib.suppress(NotFound):
-            client.containers.get(name).remove(force=True)
+            remove_container(client.containers.get(name))
 
     @staticmethod
     def _logs(container: Container) -> str:
@@ -179,7 +199,7 @@ class LocalContainerTarget:
         logger.info("%s: trying %s on port %d", spec.name, ref, trial_port)
         healthy = trial_port and self._healthy(trial_port, spec.health_path, self.health_timeout)
         logs = self._logs(candidate)
-        candidate.remove(force=True)
+        remove_container(candidate)
         if not healthy:
             return (
                 False,
@@ -198,7 +218,7 @@ class LocalContainerTarget:
         if self._healthy(port, spec.health_path, self.health_timeout):
             return True, ""
         reason = f"{spec.name} did not answer on port {port}: {self._logs(new)[-500:]}"
-        new.remove(force=True)
+        remove_container(new)
         if old is not None:
             old.rename(live_name)
             old.start()
@@ -284,6 +304,6 @@ class LocalContainerTarget:
                     ]
                 },
             ):
-                container.remove(force=True)
+                remove_container(container)
         finally:
             client.close()

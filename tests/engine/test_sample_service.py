@@ -6,7 +6,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from deployments.engine_base import ensure_base_image
 from deployments.processes import free_port
 from flows.config import Image
+from flows.deploy_local import remove_container
 from flows.images import build_all
 from flows.results import StageStatus
 
@@ -40,7 +40,7 @@ def started(docker_api: docker.DockerClient) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
     for container_id in ids:
-        _remove(docker_api.containers.get(container_id))
+        remove_container(docker_api.containers.get(container_id))
 
 
 def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
@@ -56,20 +56,7 @@ def _output(client: docker.DockerClient, image: str, command: list[str]) -> str:
         assert code == 0, container.logs().decode()
         return str(container.logs().decode())
     finally:
-        _remove(container)
-
-
-def _remove(container: Any) -> None:
-    # When wait has raced the exit, Podman may still hold the container's mounts for a moment.
-    for _ in range(20):
-        try:
-            container.remove(force=True)
-            return
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError:
-            time.sleep(0.5)
-    container.remove(force=True)
+        remove_container(container)
 
 
 def _healthz(url: str, timeout: float) -> httpx.Response | None:
