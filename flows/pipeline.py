@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from prefect.client.schemas.objects import State
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, Field
 
 from clients.metrics import load_metrics
@@ -108,13 +108,14 @@ async def run_stages(
     return list(await asyncio.gather(*(run_stage(n, c, observers) for n, c in stages)))
 
 
-async def finish(
+async def _conclude(
     context: RunContext,
     stages: list[StageResult],
     started: float,
-    data: dict[str, Any] | None = None,
-) -> State[PipelineSummary]:
-    """Publish the run summary and end the flow Failed (naming the stages) or Completed."""
+    data: dict[str, Any] | None,
+    outcome: str | None = None,
+) -> PipelineSummary:
+    """Publish the run summary and count the run; ``outcome`` defaults to failed/success."""
     summary = PipelineSummary(
         context=context,
         stages=stages,
@@ -125,9 +126,32 @@ async def finish(
         summary.context.pipeline, summary.stages, summary.seconds, summary.data, summary.context
     )
     metrics = await load_metrics()
-    outcome = "failed" if summary.failed else "success"
+    outcome = outcome or ("failed" if summary.failed else "success")
     repository = context.repository_name or repository_slug(context.repository)
     metrics.pipeline_finished(context.pipeline, outcome, summary.seconds, repository)
+    return summary
+
+
+async def finish(
+    context: RunContext,
+    stages: list[StageResult],
+    started: float,
+    data: dict[str, Any] | None = None,
+) -> State[PipelineSummary]:
+    """Publish the run summary and end the flow Failed (naming the stages) or Completed."""
+    summary = await _conclude(context, stages, started, data)
     if summary.failed:
         return Failed(message=f"failed stages: {', '.join(summary.failed)}", data=summary)
     return Completed(message="all stages passed", data=summary)
+
+
+async def finish_cancelled(
+    context: RunContext,
+    stages: list[StageResult],
+    started: float,
+    message: str,
+    data: dict[str, Any] | None = None,
+) -> State[PipelineSummary]:
+    """End a run that decided to do nothing (a rejected release): summarized, counted, Cancelled."""
+    summary = await _conclude(context, stages, started, data, outcome="cancelled")
+    return Cancelled(message=message, data=summary)

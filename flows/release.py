@@ -24,7 +24,7 @@ from flows.e2e import run_against
 from flows.identity import repository_slug
 from flows.logs import step_logger
 from flows.observers import Observers, pipeline_observers, queue_time_hook
-from flows.pipeline import PipelineSummary, RunContext, finish, run_stage
+from flows.pipeline import PipelineSummary, RunContext, finish, finish_cancelled, run_stage
 from flows.records import (
     Outcome,
     ReleaseCandidate,
@@ -160,7 +160,11 @@ async def release_pipeline(
             else f"no approval within {policy.approval_timeout} s"
         )
         await record_release(ReleaseRecord(**base, outcome=outcome, detail=why))
-        return Cancelled(message=f"{why}; nothing deployed")
+        gate_stage = StageResult(name="approval", status=StageStatus.CANCELLED, detail=why)
+        data: dict[str, Any] = {"candidate": candidate.id, "images": candidate.images}
+        return await finish_cancelled(
+            context, [gate_stage], started, f"{why}; nothing deployed", data
+        )
 
     async with pipeline_observers(context) as observers:
         stages, data, outcome, detail = await _promote(candidate, slug, observers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -158,6 +159,33 @@ def test_a_rejection_deploys_nothing_and_is_recorded(
     assert "rejected by alice: not during the freeze" in (run.state.message or "")
     record = service.releases()[0]
     assert (record.outcome, record.approved_by) == ("rejected", "alice")
+    # The run still has its summary: the gate, cancelled, and why.
+    [row] = summary_rows(run_id)
+    assert (row["stage"], row["status"]) == ("approval", "cancelled")
+    assert "rejected by alice" in row["detail"]
+
+
+def summary_rows(run_id: str) -> list[dict[str, Any]]:
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    async def read() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)]),
+                    key=ArtifactFilterKey(any_=["release-summary"]),
+                )
+            )
+        [artifact] = artifacts
+        data = artifact.data
+        rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+        return rows
+
+    return asyncio.run(read())
 
 
 def test_no_answer_before_the_timeout_cancels_with_nothing_deployed(
