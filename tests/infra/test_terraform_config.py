@@ -252,18 +252,6 @@ def test_each_environment_composes_the_components_once_through_one_module() -> N
         assert unquote(_env_values(env)["source"]) == "../../modules/environment"
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_components_keep_their_state_where_the_environment_module_calls_them(env: str) -> None:
-    moves = {
-        (unquote(block["from"]), unquote(block["to"]))
-        for block in load_hcl(ENVS_DIR / env).get("moved", [])
-    }
-    assert moves == {
-        (f"${{module.{name}}}", f"${{module.environment.module.{name}}}")
-        for name in COMPONENT_MODULES
-    }
-
-
 @pytest.mark.parametrize("module", ALL_MODULES)
 def test_modules_configure_no_provider_or_backend(module: str) -> None:
     config = load_hcl(MODULES_DIR / module)
