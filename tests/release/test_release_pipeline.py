@@ -25,6 +25,7 @@ from flows.pipeline import PipelineSummary
 from flows.records import ReleaseCandidate, list_releases, record_candidate
 from tests.merge.service_repo import commit_version
 from tests.plugins.gitrepo import GitRepo
+from tests.plugins.prefect_server import prefect_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -107,7 +108,9 @@ def policies(local_stack: Stack) -> Iterator[dict[str, str]]:
         await ReleasePolicy(approvers=["alice"], approval_timeout=600).save(names["normal"])
         await ReleasePolicy(approvers=["alice"], approval_timeout=3).save(names["short"])
 
-    asyncio.run(save())
+    # Module-scoped: set up before the per-test Prefect settings, so name the stack's server.
+    with prefect_api(local_stack.settings.prefect_api_url):
+        asyncio.run(save())
     yield names
 
 
@@ -181,9 +184,8 @@ def summary_rows(run_id: str) -> list[dict[str, Any]]:
                 )
             )
         [artifact] = artifacts
-        data = artifact.data
-        rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
-        return rows
+        data: Any = artifact.data
+        return list(json.loads(data) if isinstance(data, str) else data)
 
     return asyncio.run(read())
 

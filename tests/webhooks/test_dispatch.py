@@ -25,6 +25,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Running
 
 from deployments.prefect_server import PrefectServer
+from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.flows_for_tests import register_deployments
 from tests.webhooks.served import ServedReceiver
@@ -43,7 +44,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    asyncio.run(register_deployments())
+    # Module-scoped: set up before the per-test Prefect settings, so name the server.
+    with prefect_api(prefect_server.settings.prefect_api_url):
+        asyncio.run(register_deployments())
     return prefect_server
 
 
