@@ -28,19 +28,24 @@ class StatsdListener:
 
     def receive(self, count: int, timeout: float = 2.0) -> list[Datagram]:
         """The next ``count`` metric lines; fails when they do not arrive in time."""
+        return [Datagram.parse(line) for line in self.receive_lines(count, timeout)]
+
+    def receive_lines(self, count: int, timeout: float = 2.0, prefix: str = "") -> list[str]:
+        """The next ``count`` raw lines starting with ``prefix`` (others are dropped)."""
         lines: list[str] = []
         deadline = time.monotonic() + timeout
         while len(lines) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"expected {count} datagrams, got {lines!r}")
+                raise AssertionError(f"expected {count} {prefix or 'datagrams'}, got {lines!r}")
             self.sock.settimeout(remaining)
             try:
                 payload = self.sock.recv(65535)
             except TimeoutError:
                 continue
-            lines.extend(line for line in payload.decode().split("\n") if line)
-        return [Datagram.parse(line) for line in lines]
+            received = payload.decode().split("\n")
+            lines.extend(line for line in received if line and line.startswith(prefix))
+        return lines
 
     def nothing_within(self, seconds: float) -> bool:
         self.sock.settimeout(seconds)

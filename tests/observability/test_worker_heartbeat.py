@@ -211,19 +211,7 @@ def running_worker(
 
 def heartbeats(statsd: StatsdListener, count: int, timeout: float) -> list[str]:
     """Raw heartbeat lines, until ``count`` arrived; fails when they do not in ``timeout``."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while len(lines) < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"expected {count} heartbeats within {timeout} s, got {lines!r}")
-        statsd.sock.settimeout(remaining)
-        try:
-            payload = statsd.sock.recv(65535)
-        except TimeoutError:
-            continue
-        lines.extend(line for line in payload.decode().split("\n") if line.startswith(HEARTBEAT))
-    return lines
+    return statsd.receive_lines(count, timeout, prefix=HEARTBEAT)
 
 
 def drain(statsd: StatsdListener) -> list[str]:
