@@ -43,6 +43,8 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+lock_type = "file"
+tmp_dir = "{tmp_dir}"
 """
 
 
@@ -50,9 +52,16 @@ class EngineError(StackError):
     """The container engine could not be started, reached or stopped."""
 
 
-def containers_conf() -> str:
-    """``containers.conf``: runc, cgroupfs and explicit ulimits (runc fails without them)."""
-    return CONTAINERS_CONF
+def containers_conf(tmp_dir: Path) -> str:
+    """``containers.conf``: runc, cgroupfs and explicit ulimits (runc fails without them).
+
+    By default every Podman on a machine shares ``/run/libpod`` (its "alive" marker) and one
+    shared-memory lock table. Then resetting one engine makes another believe the machine
+    rebooted: it "refreshes" its containers without tearing down their networks, and their
+    port forwarding rules stay behind, sending later traffic for those ports nowhere. So each
+    engine keeps its runtime files and locks in a folder of its own.
+    """
+    return CONTAINERS_CONF.format(tmp_dir=tmp_dir)
 
 
 def registries_conf(insecure: Sequence[str]) -> str:
@@ -154,7 +163,7 @@ class ContainerEngine:
                 "(Debian: podman, runc)"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.containers_conf_path.write_text(containers_conf())
+        self.containers_conf_path.write_text(containers_conf(self.runroot / "libpod"))
         self.registries_conf_path.write_text(registries_conf(self.insecure_registries))
         self.socket.unlink(missing_ok=True)
         argv = self._podman("system", "service", "--time=0", self.docker_host)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
+import time
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
 from deployments.engine import ContainerEngine, EngineError, registries_conf
 from deployments.engine_registry import Registry, RegistryError
+from deployments.processes import free_port
+from tests.plugins.engine import build_busybox
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -98,3 +104,72 @@ def test_engine_stop_keeps_images_but_drops_idle_runtime_state(tmp_path: Path) -
         assert engine.start() == engine.docker_host, "a stopped engine starts again"
     finally:
         engine.stop(purge=True)
+
+
+def _answers(url: str, expected: str, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=3).text.strip() == expected:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def test_purging_one_engine_leaves_another_able_to_release_its_ports(tmp_path: Path) -> None:
+    # Engines on one machine once shared Podman's runtime folder: purging one made the other
+    # "refresh" its containers without tearing down their port forwarding, and a port a
+    # container had published then led nowhere, even for a host program listening on it.
+    first = ContainerEngine(tmp_path / "first", insecure_registries=[])
+    second = ContainerEngine(tmp_path / "second", insecure_registries=[])
+    port = free_port()
+    try:
+        client = docker.DockerClient(base_url=first.start())
+        try:
+            (tmp_path / "context").mkdir()
+            image = build_busybox(client, tmp_path / "context")
+            client.containers.run(
+                image,
+                [
+                    "sh",
+                    "-c",
+                    "mkdir /w && echo container > /w/index.html && httpd -f -p 8080 -h /w",
+                ],
+                detach=True,
+                ports={"8080/tcp": ("127.0.0.1", port)},
+            )
+            assert _answers(f"http://127.0.0.1:{port}/", "container")
+        finally:
+            client.close()
+        second.start()
+        assert second.stop(purge=True)
+        assert first.stop(purge=True)
+
+        class Host(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b"host"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        try:
+            server = http.server.HTTPServer(("127.0.0.1", port), Host)
+        except OSError as exc:
+            pytest.fail(f"port {port} is still held after both engines were purged: {exc}")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            assert _answers(f"http://127.0.0.1:{port}/", "host", timeout=10), (
+                f"port {port} still leads to the purged engine's container"
+            )
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        second.stop(purge=True)
+        first.stop(purge=True)

@@ -107,10 +107,14 @@ def docker_api(container_engine: str) -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def busybox_image(docker_api: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2 MB shell base image built offline from Debian's busybox-static (under a second)."""
+    return build_busybox(docker_api, tmp_path_factory.mktemp("busybox"))
+
+
+def build_busybox(client: docker.DockerClient, context: Path) -> str:
+    """Build the busybox base image on ``client``'s engine from ``context`` (an empty folder)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.skip("busybox-static is not installed (run `make system-packages`)")
-    context = tmp_path_factory.mktemp("busybox")
     shutil.copy2(busybox, context / "busybox")
     (context / "Dockerfile").write_text(
         "FROM scratch\n"
@@ -118,7 +122,7 @@ def busybox_image(docker_api: docker.DockerClient, tmp_path_factory: pytest.Temp
         'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
         'CMD ["/bin/sh"]\n'
     )
-    docker_api.images.build(path=str(context), tag=BUSYBOX_IMAGE, rm=True, forcerm=True)
+    client.images.build(path=str(context), tag=BUSYBOX_IMAGE, rm=True, forcerm=True)
     return BUSYBOX_IMAGE
 
 
@@ -130,7 +134,7 @@ def python_base_image(
 ) -> str:
     """The offline Python base image; pytest's cache keeps its root file system across runs."""
     _require("debootstrap")
-    cache = pytestconfig.cache
+    cache = getattr(pytestconfig, "cache", None)  # None under `-p no:cacheprovider`
     cache_dir = cache.mkdir("gantry-python-base") if cache is not None else None
     return ensure_base_image(
         docker_api, cache_dir=Path(cache_dir or tmp_path_factory.mktemp("base"))
