@@ -80,9 +80,23 @@ def test_published_ports_listen_on_loopback_only() -> None:
 
 def test_secrets_come_from_the_environment_never_from_the_file() -> None:
     text = COMPOSE_FILE.read_text()
-    assignments = re.finditer(r"^\s*\w*(PASSWORD|SECRET)\w*:\s*(\S+)", text, re.MULTILINE)
+    assignments = re.finditer(
+        r"^\s*\w*(PASSWORD|SECRET|API_KEY|TOKEN)\w*:\s*(\S+)", text, re.MULTILINE
+    )
     found = 0
     for match in assignments:
         found += 1
         assert match.group(2).startswith("${"), match.group(0)
-    assert found >= 2, "expected the database password and the webhook secret"
+    assert found >= 3, "expected the database password, the webhook secret, the Datadog key"
+
+
+def test_metrics_reach_an_opt_in_datadog_agent() -> None:
+    services = compose()["services"]
+    agent = services["datadog-agent"]
+    assert agent["profiles"] == ["datadog"], "the agent runs only when asked for"
+    assert agent["environment"]["DD_DOGSTATSD_NON_LOCAL_TRAFFIC"] == "true"
+    assert agent["healthcheck"]["test"] == ["CMD", "agent", "health"]
+    assert "ports" not in agent, "DogStatsD stays on the Compose network"
+    for name in ("worker", "webhook-receiver"):
+        # Empty unless exported: with no agent host, Gantry's metrics are off.
+        assert services[name]["environment"]["DD_AGENT_HOST"] == "${DD_AGENT_HOST:-}"
