@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,11 @@ from rich.table import Table
 
 from deployments.processes import StackError
 from deployments.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, StackSettings, prefect_env
+
+if TYPE_CHECKING:  # Prefect loads slowly: the commands that need it import it when they run.
+    from prefect.client.schemas.objects import FlowRun
+
+    from deployments.runs import RunOutcome
 
 app = typer.Typer(
     help="Gantry: pull-request, merge and release pipelines on Prefect.",
@@ -145,7 +150,14 @@ def print_outcome(outcome: Any, as_json: bool) -> None:
     out.print(f"See the run in the Prefect UI: {outcome.url}")
 
 
-def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
+def follow(
+    pipeline: str,
+    deployment: str,
+    parameters: dict[str, Any],
+    as_json: bool,
+    on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
+) -> RunOutcome:
+    """Start one run of ``deployment`` on the local stack and follow it, showing its progress."""
     from deployments.runs import RunError, run_pipeline
 
     settings = StackSettings()
@@ -158,13 +170,34 @@ def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json:
                 err.print(f"  {message}", highlight=False)
 
         try:
-            outcome = asyncio.run(
-                run_pipeline(pipeline, deployment, parameters, settings.prefect_url, progress)
+            return asyncio.run(
+                run_pipeline(
+                    pipeline,
+                    deployment,
+                    parameters,
+                    settings.prefect_url,
+                    progress,
+                    on_paused=on_paused,
+                )
             )
         except RunError as exc:
             raise fail(str(exc)) from None
+
+
+def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
+    outcome = follow(pipeline, deployment, parameters, as_json)
     print_outcome(outcome, as_json)
     raise typer.Exit(0 if outcome.passed else 1)
+
+
+def target(repo: str, sha: str) -> tuple[str, str]:
+    """The repository and full commit SHA the user named, or a usage error."""
+    from deployments.runs import RunError, resolve_target
+
+    try:
+        return resolve_target(repo, sha)
+    except RunError as exc:
+        raise fail(str(exc)) from None
 
 
 @run_app.command("pr")
@@ -178,12 +211,7 @@ def run_pr(
     as_json: JsonFlag = False,
 ) -> None:
     """Run the pull-request pipeline on one commit; exit 0 when it passed, 1 when it failed."""
-    from deployments.runs import RunError, resolve_target
-
-    try:
-        repository, full_sha = resolve_target(repo, sha)
-    except RunError as exc:
-        raise fail(str(exc)) from None
+    repository, full_sha = target(repo, sha)
     parameters = {
         "repository": repository,
         "sha": full_sha,
@@ -207,12 +235,7 @@ def run_merge(
     as_json: JsonFlag = False,
 ) -> None:
     """Run the merge pipeline: verify, push by digest, deploy to staging, E2E."""
-    from deployments.runs import RunError, resolve_target
-
-    try:
-        repository, full_sha = resolve_target(repo, sha)
-    except RunError as exc:
-        raise fail(str(exc)) from None
+    repository, full_sha = target(repo, sha)
     parameters = {
         "repository": repository,
         "sha": full_sha,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,28 +16,9 @@ from deployments.processes import StackError, free_port
 from deployments.settings import StackSettings
 from deployments.stack import Stack
 from tests.plugins.gitrepo import GitRepo, gantry_toml
-from tests.plugins.stack import stack_environment
+from tests.plugins.stack import GANTRY, as_json, gantry
 
-GANTRY = str(Path(sys.executable).parent / "gantry")
 PY = sys.executable
-
-
-def gantry(
-    stack: Stack | None, *args: str, home: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if stack is not None:
-        env.update(stack_environment(stack.settings))
-    if home is not None:
-        env["GANTRY_HOME"] = str(home)
-    return subprocess.run(
-        [GANTRY, *args], capture_output=True, text=True, env=env, timeout=600, check=False
-    )
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
 
 
 @pytest.mark.slow

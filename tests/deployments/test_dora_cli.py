@@ -6,18 +6,14 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from deployments.stack import Stack
 from flows.records import ReleaseRecord, record_release
-from tests.plugins.stack import stack_environment
-
-GANTRY = str(Path(sys.executable).parent / "gantry")
+from tests.plugins.stack import GANTRY, stack_environment
 
 
 @pytest.mark.slow

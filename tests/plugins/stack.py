@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +18,7 @@ from deployments.stack import Stack
 from tests.fakes.github_api import FakeGitHub
 
 WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
+GANTRY = str(Path(sys.executable).parent / "gantry")
 
 
 def stack_environment(settings: StackSettings) -> dict[str, str]:
@@ -26,6 +31,25 @@ def stack_environment(settings: StackSettings) -> dict[str, str]:
         "GANTRY_STAGING_PORT": str(settings.staging_port),
         "GANTRY_PRODUCTION_PORT": str(settings.production_port),
     }
+
+
+def gantry(
+    stack: Stack | None, *args: str, home: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `gantry` command, pointed at ``stack`` (or at the state folder ``home``)."""
+    env = dict(os.environ)
+    if stack is not None:
+        env.update(stack_environment(stack.settings))
+    if home is not None:
+        env["GANTRY_HOME"] = str(home)
+    return subprocess.run(
+        [GANTRY, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
 
 
 def free_port_pair() -> int:
