@@ -8,16 +8,8 @@ from typing import Annotated, Any
 import typer
 from prefect.client.schemas.objects import FlowRun
 
-from deployments.cli import (
-    JsonFlag,
-    ensure_stack,
-    err,
-    fail,
-    out,
-    prefect_settings,
-    print_outcome,
-)
-from deployments.runs import RunError, RunOutcome, answer_approval, run_pipeline
+from deployments.cli import JsonFlag, err, fail, follow, out, prefect_settings, print_outcome
+from deployments.runs import RunError, RunOutcome, answer_approval
 from deployments.settings import RELEASE_DEPLOYMENT, StackSettings
 
 RepoOption = Annotated[
@@ -27,39 +19,19 @@ NameOption = Annotated[str | None, typer.Option("--name", help="owner/name of th
 
 
 def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> RunOutcome:
-    settings = StackSettings()
-    ensure_stack(settings, quiet=as_json)
+    prefect_url = StackSettings().prefect_url
 
     async def paused(flow_run: FlowRun) -> bool:
         err.print(
             f"\n[bold]{flow_run.name} waits for an approval[/bold]: answer in the Prefect UI "
-            f"({settings.prefect_url}/runs/flow-run/{flow_run.id}) or with\n"
+            f"({prefect_url}/runs/flow-run/{flow_run.id}) or with\n"
             f"  gantry approve {flow_run.id} --as USER\n"
             f"  gantry reject {flow_run.id} --as USER --reason TEXT\n",
             highlight=False,
         )
         return wait
 
-    with prefect_settings(settings), err.status("release pipeline") as spinner:
-
-        def progress(message: str) -> None:
-            spinner.update(message)
-            if not as_json:
-                err.print(f"  {message}", highlight=False)
-
-        try:
-            return asyncio.run(
-                run_pipeline(
-                    "release",
-                    RELEASE_DEPLOYMENT,
-                    parameters,
-                    settings.prefect_url,
-                    progress,
-                    on_paused=paused,
-                )
-            )
-        except RunError as exc:
-            raise fail(str(exc)) from None
+    return follow("release", RELEASE_DEPLOYMENT, parameters, as_json, on_paused=paused)
 
 
 def finish_release(outcome: RunOutcome, as_json: bool) -> None:
@@ -102,7 +74,7 @@ def rollback(
     wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Redeploy the previous release's digests to production."""
+    """Put back the newest good release whose digests production does not serve now."""
     if env != "production":
         raise fail("only --env production can be rolled back (staging follows main)")
     if not repo and not name:

@@ -12,7 +12,6 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
 
 from blocks.release import DEFAULT_BLOCK_NAME, load_policy
 from flows.announce import announce_release
@@ -70,10 +69,18 @@ def release_run_name() -> str:
     return f"{what}-{str(repo).rsplit('/', 1)[-1]}"
 
 
-async def _previous_good(slug: str) -> str | None:
-    """The candidate of the release before the newest successful one (what rollback restores)."""
-    good = [r for r in await list_releases(slug) if r.outcome == "success"]
-    return good[1].candidate_id if len(good) > 1 else None
+async def _rollback_candidate(slug: str) -> str | None:
+    """What a rollback restores: the newest successful release production does not serve now.
+
+    Asked of production itself, not of the records alone: after a release that failed half-way
+    without rolling back, the newest good release is the one to restore; after a good release,
+    the one before it.
+    """
+    serving = await (await deploy_target("production")).current(slug, "production")
+    for record in await list_releases(slug):
+        if record.outcome == "success" and record.images != serving:
+            return record.candidate_id
+    return None
 
 
 @flow(
@@ -105,9 +112,19 @@ async def release_pipeline(
     started = time.monotonic()
     slug = repository_slug(repository or "", repository_name)
     if rollback and candidate_id is None:
-        candidate_id = await _previous_good(slug)
+        candidate_id = await _rollback_candidate(slug)
         if candidate_id is None:
-            return Cancelled(message=f"no earlier successful release of {slug} to roll back to")
+            # Nothing to do is not a failure, but it is a run: summarized and counted.
+            why = f"no earlier successful release of {slug} to roll back to"
+            context = RunContext(
+                pipeline="release",
+                repository=repository or "",
+                sha="",
+                repository_name=repository_name,
+                ref=tag,
+            )
+            nothing = StageResult(name="candidate", status=StageStatus.CANCELLED, detail=why)
+            return await finish_cancelled(context, [nothing], started, f"{why}; nothing deployed")
     candidate = await find_candidate(slug, candidate_id)
     context = RunContext(
         pipeline="release",

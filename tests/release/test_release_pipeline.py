@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,16 +17,18 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from blocks.release import ReleasePolicy
+from blocks.release import DEFAULT_BLOCK_NAME, ReleasePolicy
 from deployments.runs import answer_approval
 from deployments.settings import RELEASE_DEPLOYMENT
 from deployments.stack import Stack
 from flows.merge import merge_pipeline
 from flows.pipeline import PipelineSummary
 from flows.records import ReleaseCandidate, list_releases, record_candidate
+from tests.fakes.github_api import FakeGitHub
 from tests.merge.service_repo import commit_version
 from tests.plugins.gitrepo import GitRepo
 from tests.plugins.prefect_server import prefect_api
+from tests.plugins.stack import as_json, gantry
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -114,6 +117,20 @@ def policies(local_stack: Stack) -> Iterator[dict[str, str]]:
     yield names
 
 
+@pytest.fixture(scope="module")
+def rollback_policy(local_stack: Stack) -> None:
+    """`gantry rollback` reads the installation's policy block: allow it without an approval."""
+
+    async def save() -> None:
+        policy = ReleasePolicy(
+            approvers=["alice"], approval_timeout=600, allow_rollback_without_approval=True
+        )
+        await policy.save(DEFAULT_BLOCK_NAME, overwrite=True)
+
+    with prefect_api(local_stack.settings.prefect_api_url):
+        asyncio.run(save())
+
+
 @pytest.fixture
 def service(make_repo: Callable[[str], GitRepo]) -> Service:
     suffix = uuid.uuid4().hex[:6]
@@ -136,13 +153,33 @@ def production_url(run: FlowRun) -> str:
     return url
 
 
+def production_deployments(
+    github: FakeGitHub, service: Service
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The GitHub deployments to production the stand-in received for ``service``, oldest first."""
+    found = []
+    for deployment_id, deployment in sorted(github.state.deployments.items()):
+        ours = deployment["repository_url"].endswith(f"/repos/{service.name}")
+        if ours and deployment["environment"] == "production":
+            found.append((deployment, github.state.deployment_statuses.get(deployment_id, [])))
+    return found
+
+
 def test_an_approved_release_reaches_production_with_the_candidates_digests(
-    service: Service, policies: dict[str, str]
+    service: Service, policies: dict[str, str], session_github: FakeGitHub
 ) -> None:
     merged = service.merge("v1")
     run = release(service, policies["normal"])
     assert run.state is not None and run.state.is_completed(), run.state
-    assert served(production_url(run)) == "v1"
+    url = production_url(run)
+    assert served(url) == "v1"
+    # The pull request's repository shows the release as a GitHub production deployment.
+    [(deployment, statuses)] = production_deployments(session_github, service)
+    assert deployment["production_environment"] is True
+    assert deployment["ref"] == merged.context.sha
+    assert [s["state"] for s in statuses] == ["in_progress", "success"]
+    assert statuses[-1]["environment_url"] == url
+    assert statuses[-1]["log_url"].endswith(f"/runs/flow-run/{run.id}")
     record = service.releases()[0]
     assert record.outcome == "success"
     assert record.approved_by == "alice"
@@ -151,7 +188,7 @@ def test_an_approved_release_reaches_production_with_the_candidates_digests(
 
 
 def test_a_rejection_deploys_nothing_and_is_recorded(
-    service: Service, policies: dict[str, str]
+    service: Service, policies: dict[str, str], session_github: FakeGitHub
 ) -> None:
     service.merge("v1")
     run_id = service.start_release(policies["normal"])
@@ -166,6 +203,7 @@ def test_a_rejection_deploys_nothing_and_is_recorded(
     [row] = summary_rows(run_id)
     assert (row["stage"], row["status"]) == ("approval", "cancelled")
     assert "rejected by alice" in row["detail"]
+    assert production_deployments(session_github, service) == []
 
 
 def summary_rows(run_id: str) -> list[dict[str, Any]]:
@@ -216,7 +254,7 @@ def test_an_approver_not_on_the_allowlist_cannot_approve(
 
 
 def test_a_failing_smoke_check_rolls_production_back(
-    service: Service, policies: dict[str, str]
+    service: Service, policies: dict[str, str], session_github: FakeGitHub
 ) -> None:
     service.merge("v1")
     good = release(service, policies["normal"])
@@ -228,6 +266,9 @@ def test_a_failing_smoke_check_rolls_production_back(
     record = service.releases()[0]
     assert record.outcome == "rolled_back"
     assert "rolled back to the previous release" in record.detail
+    released, smoke_failed = production_deployments(session_github, service)
+    assert [s["state"] for s in released[1]] == ["in_progress", "success"]
+    assert [s["state"] for s in smoke_failed[1]] == ["in_progress", "failure"]
 
 
 def test_a_digest_that_never_passed_staging_is_refused(
@@ -279,3 +320,60 @@ def test_two_releases_at_once_are_serialized(service: Service, policies: dict[st
         windows.append((by_name["deploy-production"].start_time, by_name["smoke"].end_time))
     (_, a_end), (b_start, _) = sorted(windows)
     assert a_end <= b_start
+
+
+def rollback_cli(stack: Stack, service: Service) -> subprocess.CompletedProcess[str]:
+    """`gantry rollback` of ``service``'s production, as an on-call engineer would type it."""
+    args = ["--env", "production", "--name", service.name, "--no-approval", "--json"]
+    return gantry(stack, "rollback", *args)
+
+
+@pytest.mark.usefixtures("rollback_policy")
+def test_gantry_rollback_puts_the_previous_release_back_in_production(
+    service: Service, policies: dict[str, str], local_stack: Stack
+) -> None:
+    service.merge("v1")
+    url = production_url(release(service, policies["normal"]))
+    first = service.releases()[0]
+    service.merge("v2")
+    release(service, policies["normal"])
+    second = service.releases()[0]
+    assert served(url) == "v2"
+
+    result = rollback_cli(local_stack, service)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = as_json(result)
+    assert outcome["pipeline"] == "release" and outcome["passed"]
+    assert served(url) == "v1"
+    restored = service.releases()[0]
+    assert restored.candidate_id == first.candidate_id
+    assert restored.images == first.images
+    assert restored.triggered_by == "gantry rollback"
+    assert restored.outcome == "success"
+    # A rollback restores the newest good release that production does not serve: so a second
+    # one undoes the first.
+    again = rollback_cli(local_stack, service)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert served(url) == "v2"
+    assert service.releases()[0].candidate_id == second.candidate_id
+
+
+@pytest.mark.usefixtures("rollback_policy")
+def test_gantry_rollback_with_nothing_to_restore_exits_1_and_says_why(
+    service: Service, local_stack: Stack
+) -> None:
+    result = rollback_cli(local_stack, service)
+    assert result.returncode == 1, result.stdout + result.stderr
+    outcome = as_json(result)
+    assert outcome["state"] == "Cancelled"
+    assert f"no earlier successful release of {service.slug}" in outcome["message"]
+    assert [(s["name"], s["status"]) for s in outcome["stages"]] == [("candidate", "cancelled")]
+    assert service.releases() == [], "nothing ran, so nothing is recorded"
+    [row] = summary_rows(outcome["flow_run_id"])
+    assert (row["stage"], row["status"]) == ("candidate", "cancelled")
+
+
+def test_gantry_rollback_refuses_staging(local_stack: Stack) -> None:
+    result = gantry(local_stack, "rollback", "--env", "staging", "--name", "acme/x", "--json")
+    assert result.returncode == 2, "a usage error"
+    assert "only --env production can be rolled back" in result.stdout + result.stderr
