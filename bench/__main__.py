@@ -31,7 +31,7 @@ from rich.table import Table
 
 from bench.repo import STEP_SECONDS, make_repo, step_argv
 from deployments.demo import prepare_sample_repo
-from deployments.processes import free_port
+from deployments.processes import free_port, free_port_block
 from deployments.settings import PR_DEPLOYMENT, StackSettings
 from deployments.stack import Stack
 
@@ -280,13 +280,14 @@ def main() -> int:
     parser.add_argument("--no-sample", action="store_true", help="skip the sample service")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gantry-bench-home-") as home:
+        targets = free_port_block(8)  # (staging, production) pairs for the bench's services
         settings = StackSettings(
             home=Path(home),
             prefect_port=free_port(),
             webhook_port=free_port(),
             registry_port=free_port(),
-            staging_port=free_port(),
-            production_port=free_port(),
+            staging_port=targets,
+            production_port=targets + 1,
         )
         stack = Stack(settings)
         console.print(f"Starting a bench stack in {home} (this takes a minute)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,6 +31,39 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_blocks_handed_out: set[int] = set()
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux default 32768)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_block(size: int, host: str = "127.0.0.1", low: int = 20000) -> int:
+    """The first of ``size`` consecutive free ports, below the kernel's ephemeral range.
+
+    For throwaway stacks, whose local deploy targets give each service the next pair of ports.
+    Ports below the ephemeral range are never taken by an outgoing connection, so they are still
+    free when a container publishes them; and one process never hands out a port twice.
+    """
+    high = ephemeral_floor() - size
+    if high <= low:
+        raise StackError(f"no room for {size} ports between {low} and the ephemeral range")
+    for _ in range(200):
+        base = random.randrange(low, high)  # noqa: S311 - spreading ports, not security
+        block = range(base, base + size)
+        if _blocks_handed_out.intersection(block):
+            continue
+        if all(port_is_free(host, port) for port in block):
+            _blocks_handed_out.update(block)
+            return base
+    raise StackError(f"no {size} consecutive free ports between {low} and {high + size}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

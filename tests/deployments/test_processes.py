@@ -3,7 +3,12 @@ import sys
 import time
 from pathlib import Path
 
-from deployments.processes import ManagedProcess
+from deployments.processes import (
+    ManagedProcess,
+    ephemeral_floor,
+    free_port_block,
+    port_is_free,
+)
 
 
 def test_a_started_process_is_found_again_and_stopped(tmp_path: Path) -> None:
@@ -41,3 +46,14 @@ def test_the_log_keeps_the_process_output(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert "hello from the stack" in proc.log_tail()
     proc.stop()
+
+
+def test_port_blocks_lie_below_the_ephemeral_range_free_and_apart() -> None:
+    # Outgoing connections take ports from the ephemeral range; a deploy target's port there
+    # could be taken by one between the choice and the deploy.
+    first = free_port_block(64)
+    second = free_port_block(64)
+    for base in (first, second):
+        assert base > 1024 and base + 64 <= ephemeral_floor()
+        assert all(port_is_free("127.0.0.1", port) for port in range(base, base + 64))
+    assert not set(range(first, first + 64)) & set(range(second, second + 64))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from deployments.processes import free_port, port_is_free
+from deployments.processes import free_port, free_port_block
 from deployments.settings import StackSettings
 from deployments.stack import Stack
 from tests.fakes.github_api import FakeGitHub
@@ -52,13 +52,14 @@ def as_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return parsed
 
 
+# Ports for the local targets of a test stack: each service gets the next (staging, production)
+# pair, and a session deploys a few dozen services at most.
+TARGET_PORTS = 64
+
+
 def free_port_pair() -> int:
-    """A free port whose successor is free too: local targets use staging/production pairs."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000 and port_is_free("127.0.0.1", port + 1):
-            return port
-    raise RuntimeError("no pair of free ports found")
+    """A staging port; production is the next one, and the ports after them stay free too."""
+    return free_port_block(TARGET_PORTS)
 
 
 @pytest.fixture(scope="session")
