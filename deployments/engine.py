@@ -1,7 +1,8 @@
 """The container engine of the local stack: Podman serving the Docker Engine API on a socket.
 
 Everything Podman keeps (images, containers, layers, its socket and our configuration) lives
-under one state folder, so that the stack never touches the machine's own Podman storage and
+under one state folder, and its runtime files and locks in a short temp folder of its own, so
+that the stack never touches the machine's own Podman (nor another stack's engine) and
 ``stop(purge=True)`` can remove it all. The configuration is written by us and handed to the
 service through ``CONTAINERS_CONF`` / ``CONTAINERS_REGISTRIES_CONF``: ``runc`` with explicit
 rlimits (``crun`` and default rlimits fail on hosts with hybrid cgroups), no short-name search
