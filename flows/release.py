@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from blocks.release import DEFAULT_BLOCK_NAME, load_policy
+from clients.metrics import load_metrics
 from flows.announce import announce_release
 from flows.approval import GateResult, wait_for_approval
 from flows.checkout import CheckoutError, checkout
@@ -22,7 +23,7 @@ from flows.deploy import deploy_images, deploy_lock
 from flows.e2e import run_against
 from flows.identity import repository_slug
 from flows.logs import step_logger
-from flows.observers import Observers, pipeline_observers, queue_time_hook
+from flows.observers import MetricsObserver, Observers, pipeline_observers, queue_time_hook
 from flows.pipeline import PipelineSummary, RunContext, finish, finish_cancelled, run_stage
 from flows.records import (
     Outcome,
@@ -151,11 +152,14 @@ async def release_pipeline(
     if skip_approval and not (rollback and policy.allow_rollback_without_approval):
         skip_approval = False
         logger.warning("the release policy requires an approval here; waiting for one")
+    asked = time.monotonic()
     gate = (
         GateResult(outcome="approved", approver="(policy: rollback without approval)")
         if skip_approval
         else await wait_for_approval(candidate, policy, "Roll back" if rollback else "Release")
     )
+    waited = time.monotonic() - asked
+    approval = await _approval_stage(gate, skip_approval, waited, policy.approval_timeout, context)
     base = {
         "id": f"rel-{uuid.uuid4().hex[:10]}",
         "repository_slug": slug,
@@ -171,16 +175,11 @@ async def release_pipeline(
     }
     if gate.outcome != "approved":
         outcome: Outcome = "rejected" if gate.outcome == "rejected" else "timed_out"
-        why = (
-            f"rejected by {gate.approver}: {gate.reason or 'no reason given'}"
-            if outcome == "rejected"
-            else f"no approval within {policy.approval_timeout} s"
-        )
+        why = approval.detail
         await record_release(ReleaseRecord(**base, outcome=outcome, detail=why))
-        gate_stage = StageResult(name="approval", status=StageStatus.CANCELLED, detail=why)
         data: dict[str, Any] = {"candidate": candidate.id, "images": candidate.images}
         return await finish_cancelled(
-            context, [gate_stage], started, f"{why}; nothing deployed", data
+            context, [approval], started, f"{why}; nothing deployed", data
         )
 
     async with pipeline_observers(context) as observers:
@@ -194,7 +193,28 @@ async def release_pipeline(
     await record_release(record)
     await announce_release(record, flow_run.get_flow_run_ui_url())
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
-    return await finish(context, stages, started, data)
+    return await finish(context, [approval, *stages], started, data)
+
+
+async def _approval_stage(
+    gate: GateResult, skipped: bool, waited: float, timeout: int, context: RunContext
+) -> StageResult:
+    """The gate as a stage of the run: who decided and how long the release waited for it."""
+    if skipped:
+        status, detail = StageStatus.SKIPPED, "not needed: the release policy allows this rollback"
+    elif gate.outcome == "approved":
+        status, detail = StageStatus.PASSED, f"approved by {gate.approver}"
+    elif gate.outcome == "rejected":
+        reason = gate.reason or "no reason given"
+        status, detail = StageStatus.CANCELLED, f"rejected by {gate.approver}: {reason}"
+    else:
+        status, detail = StageStatus.CANCELLED, f"no approval within {timeout} s"
+    stage = StageResult(name="approval", status=status, seconds=round(waited, 3), detail=detail)
+    repository = context.repository_name or repository_slug(context.repository)
+    await MetricsObserver(await load_metrics(), "release", repository).stage_finished(
+        "approval", stage
+    )
+    return stage
 
 
 async def _promote(

@@ -259,7 +259,7 @@ def test_each_pipeline_run_and_stage_is_counted_once_with_its_tags(observed: Obs
         assert sum(stages[("merge", stage, o)] for o in ("passed", "cached")) == 1, stage
     for stage in ("push", "deploy-staging", "e2e"):
         assert stages[("merge", stage, "passed")] == 1, stage
-    for stage in ("deploy-production", "smoke"):
+    for stage in ("approval", "deploy-production", "smoke"):
         assert stages[("release", stage, "passed")] == 1, (stage, stages)
     assert all(count == 1 for count in stages.values()), stages
     stage_durations = [d for d in datagrams if d.name == "gantry.stage.duration"]

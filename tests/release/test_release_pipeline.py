@@ -173,6 +173,11 @@ def test_an_approved_release_reaches_production_with_the_candidates_digests(
     assert run.state is not None and run.state.is_completed(), run.state
     url = production_url(run)
     assert served(url) == "v1"
+    # The run's summary starts with the gate: who approved, and how long it waited.
+    rows = summary_rows(str(run.id))
+    assert (rows[0]["stage"], rows[0]["status"]) == ("approval", "passed")
+    assert rows[0]["detail"] == "approved by alice"
+    assert [row["stage"] for row in rows[1:3]] == ["deploy-production", "smoke"]
     # The pull request's repository shows the release as a GitHub production deployment.
     [(deployment, statuses)] = production_deployments(session_github, service)
     assert deployment["production_environment"] is True
@@ -344,6 +349,8 @@ def test_gantry_rollback_puts_the_previous_release_back_in_production(
     assert result.returncode == 0, result.stdout + result.stderr
     outcome = as_json(result)
     assert outcome["pipeline"] == "release" and outcome["passed"]
+    gate = outcome["stages"][0]
+    assert (gate["name"], gate["status"]) == ("approval", "skipped"), "the policy allows it"
     assert served(url) == "v1"
     restored = service.releases()[0]
     assert restored.candidate_id == first.candidate_id
