@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-import time
 from pathlib import Path
 
 import docker
@@ -14,7 +13,7 @@ import pytest
 
 from deployments.engine import ContainerEngine, EngineError, registries_conf
 from deployments.engine_registry import Registry, RegistryError
-from deployments.processes import free_port
+from deployments.processes import free_port, wait_until
 from tests.plugins.engine import build_busybox
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -107,15 +106,13 @@ def test_engine_stop_keeps_images_but_drops_idle_runtime_state(tmp_path: Path) -
 
 
 def _answers(url: str, expected: str, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def says() -> bool:
         try:
-            if httpx.get(url, timeout=3).text.strip() == expected:
-                return True
+            return httpx.get(url, timeout=3).text.strip() == expected
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+            return False
+
+    return wait_until(says, timeout)
 
 
 def test_purging_one_engine_leaves_another_able_to_release_its_ports(tmp_path: Path) -> None:
