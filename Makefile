@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy flows blocks clients deployments webhooks bench
+	$(BIN)/mypy core flows blocks clients deployments webhooks bench
 
 pytest: install
 	$(BIN)/pytest

@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.repo import STEP_SECONDS, make_repo, step_argv
+from core.ports import free_port, free_port_block
+from core.settings import PR_DEPLOYMENT, StackSettings
 from deployments.demo import prepare_sample_repo
-from deployments.processes import free_port, free_port_block
-from deployments.settings import PR_DEPLOYMENT, StackSettings
 from deployments.stack import Stack
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,6 +1,6 @@
 """Datadog and PagerDuty settings as Prefect Blocks, with environment fallbacks.
 
-Loading either registers its secrets with ``clients.redact`` so they never reach a log line.
+Loading either registers its secrets with ``core.redact`` so they never reach a log line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prefect.context import FlowRunContext
 from prefect.settings import get_current_settings
 from pydantic import ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
 
-from clients.redact import register_model_secrets
+from core.redact import register_model_secrets
 
 logger = logging.getLogger("gantry.observability")
 

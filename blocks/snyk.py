@@ -1,6 +1,6 @@
 """Snyk credentials and endpoint as a Prefect Block, with an environment fallback.
 
-Loading either registers the token with ``clients.redact`` so it never reaches a log line.
+Loading either registers the token with ``core.redact`` so it never reaches a log line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.settings import get_current_settings
 from pydantic import ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
 
-from clients.redact import register_model_secrets
+from core.redact import register_model_secrets
 
 logger = logging.getLogger("gantry.snyk")
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import SecretStr
 
-from clients.redact import redact, register_secret
 from clients.retry import Retries
 from clients.retry import RetryPolicy as RetryPolicy  # re-exported: callers import it from here
+from core.redact import redact, register_secret
 
 if TYPE_CHECKING:
     from blocks.observability import DatadogSettings

@@ -18,7 +18,7 @@ import httpx
 from pydantic import SecretStr
 
 from clients import retry
-from clients.redact import redact, register_secret
+from core.redact import redact, register_secret
 
 if TYPE_CHECKING:
     from blocks.observability import PagerDutySettings

@@ -13,14 +13,14 @@ from prefect.client.schemas.objects import FlowRun
 from rich.console import Console
 from rich.status import Status
 
-from deployments.processes import StackError
-from deployments.runs import RunError, RunOutcome, answer_approval, run_pipeline
-from deployments.settings import (
+from core.ports import StackError
+from core.settings import (
     MERGE_DEPLOYMENT,
     PR_DEPLOYMENT,
     RELEASE_DEPLOYMENT,
     StackSettings,
 )
+from deployments.runs import RunError, RunOutcome, answer_approval, run_pipeline
 from deployments.stack import PROJECT_DIR
 
 SAMPLE = PROJECT_DIR / "examples" / "sample-service"
@@ -99,7 +99,7 @@ class Demo:
         parameters: dict[str, Any],
         on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
     ) -> RunOutcome:
-        from deployments.cli import print_outcome
+        from deployments.cli.console import print_outcome
 
         self.out.rule(f"{pipeline} pipeline")
         with self.err.status(f"{pipeline} pipeline") as spinner:
@@ -176,7 +176,7 @@ class Demo:
 
 
 def run_demo(out: Console, err: Console, manual: bool = False) -> int:
-    from deployments.cli import ensure_stack, prefect_settings
+    from deployments.cli.console import ensure_stack, prefect_settings
 
     demo = Demo(out, err, manual)
     try:

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import httpx
 
+from core.mounts import unmount_under
+from core.ports import StackError, wait_until
+from core.settings import StackSettings
 from deployments.engine_registry import Registry, RegistryError
-from deployments.processes import ManagedProcess, StackError, wait_until
-from deployments.settings import StackSettings
+from deployments.processes import ManagedProcess
 
 __all__ = [
     "ContainerEngine",
@@ -208,18 +210,6 @@ class ContainerEngine:
                 unmount_under(self.root)
                 shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
-
-
-def unmount_under(root: Path) -> None:
-    """Unmount whatever is mounted below ``root``, deepest first (never delete through a mount)."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return
-    prefix = f"{root.resolve()}/"
-    targets = [fields[1] for fields in (line.split() for line in mounts) if len(fields) > 1]
-    for target in sorted({t for t in targets if t.startswith(prefix)}, reverse=True):
-        subprocess.run(["umount", "-l", target], capture_output=True, check=False, timeout=30)
 
 
 def _in_use(path: Path) -> bool:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
-from deployments.settings import StackSettings
+from core.ports import StackError, port_is_free, wait_until
+from core.settings import StackSettings
+from deployments.processes import ManagedProcess
 
 
 class RegistryError(StackError):

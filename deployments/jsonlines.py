@@ -21,8 +21,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from clients.redact import redact
-from deployments.logconfig import configure_json_logging
+from core.logconfig import configure_json_logging
+from core.redact import redact
 
 _LEVEL = re.compile(r'(?:^|\s)level=("?)(?P<level>[a-zA-Z]+)\1')
 _MSG = re.compile(r'(?:^|\s)msg=(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>\S+))')

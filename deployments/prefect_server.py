@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from deployments.logconfig import logging_env
-from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
-from deployments.settings import StackSettings, prefect_env
+from core.logconfig import logging_env
+from core.ports import StackError, port_is_free, wait_until
+from core.settings import StackSettings, prefect_env
+from deployments.processes import ManagedProcess
 
 
 def venv_bin(name: str) -> str:

@@ -24,8 +24,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
-from flows.checkout import SHA_RE
-from flows.summary import summary_key
+from flows.records.summary import summary_key
+from flows.steps.checkout import SHA_RE
 
 Progress = Callable[[str], None]
 POLL_SECONDS = 0.5

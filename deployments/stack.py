@@ -13,11 +13,12 @@ from pathlib import Path
 
 import httpx
 
+from core.ports import StackError, port_is_free, wait_until
+from core.settings import StackSettings
 from deployments.engine import ContainerEngine
 from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
-from deployments.processes import ManagedProcess, StackError, port_is_free, wait_until
-from deployments.settings import StackSettings
+from deployments.processes import ManagedProcess
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 Progress = Callable[[str], None]

@@ -1,4 +1,4 @@
-"""What a stage reports: one small model shared by every step, summary and the CLI."""
+"""What a run is about and what a stage reports: models shared by steps, summaries and the CLI."""
 
 from __future__ import annotations
 
@@ -57,3 +57,15 @@ def stage_state(result: StageResult) -> State[StageResult]:
     if result.status == StageStatus.SKIPPED:
         return Completed(message=result.detail, data=result, name="Skipped")
     return Completed(data=result)
+
+
+class RunContext(BaseModel):
+    """Who and what a pipeline run is about (all of it data, never code)."""
+
+    pipeline: str
+    repository: str
+    sha: str
+    repository_name: str | None = None
+    pr_number: int | None = None
+    ref: str | None = None
+    fork: bool = False

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from clients.metrics import WebhookOutcome, get_metrics
-from deployments.logconfig import bind
+from core.logconfig import bind
 from webhooks.dispatcher import Backoff, ClientFactory, Dispatcher
 from webhooks.events import Ignored, PayloadError, action_of, map_event
 from webhooks.settings import ReceiverSettings

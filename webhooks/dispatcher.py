@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
 from clients.metrics import get_metrics
-from deployments.logconfig import bind
+from core.logconfig import bind
 from webhooks.events import PipelineRequest
 from webhooks.store import Delivery, DeliveryStore
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvicorn
 
-from clients.redact import register_secrets
-from deployments.logconfig import configure_json_logging
-from deployments.processes import StackError, port_is_free
+from core.logconfig import configure_json_logging
+from core.ports import StackError, port_is_free
+from core.redact import register_secrets
 from webhooks.app import create_app
 from webhooks.settings import ReceiverSettings, load_settings
 

@@ -13,7 +13,7 @@ from blocks.snyk import (
     load_snyk_credentials,
     snyk_credentials_from_env,
 )
-from clients.redact import forget_secrets, redact
+from core.redact import forget_secrets, redact
 
 pytestmark = pytest.mark.timeout(30)
 

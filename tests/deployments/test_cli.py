@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.ports import StackError, free_port
+from core.settings import StackSettings
 from deployments.demo import prepare_sample_repo
-from deployments.processes import StackError, free_port
-from deployments.settings import StackSettings
 from deployments.stack import Stack
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.stack import GANTRY, as_json, gantry

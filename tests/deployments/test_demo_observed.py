@@ -23,9 +23,9 @@ import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 
+from core.ports import free_port
+from core.settings import StackSettings
 from deployments.prefect_server import venv_bin
-from deployments.processes import free_port
-from deployments.settings import StackSettings
 from deployments.stack import PROJECT_DIR, Stack
 from tests.fakes.datadog_api import FakeDatadog
 from tests.fakes.dogstatsd import Datagram, DogStatsdAgent

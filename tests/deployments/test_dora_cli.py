@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from deployments.stack import Stack
-from flows.records import ReleaseRecord, record_release
+from flows.records.store import ReleaseRecord, record_release
 from tests.plugins.stack import GANTRY, stack_environment
 
 

@@ -3,12 +3,8 @@ import sys
 import time
 from pathlib import Path
 
-from deployments.processes import (
-    ManagedProcess,
-    ephemeral_floor,
-    free_port_block,
-    port_is_free,
-)
+from core.ports import ephemeral_floor, free_port_block, port_is_free
+from deployments.processes import ManagedProcess
 
 
 def test_a_started_process_is_found_again_and_stopped(tmp_path: Path) -> None:

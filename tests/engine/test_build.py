@@ -9,8 +9,8 @@ import docker
 import pytest
 
 from flows.config import Image
-from flows.images import build_all
 from flows.results import StageStatus
+from flows.steps.images import build_all
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

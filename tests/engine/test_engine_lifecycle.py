@@ -11,9 +11,9 @@ import docker
 import httpx
 import pytest
 
+from core.ports import free_port, wait_until
 from deployments.engine import ContainerEngine, EngineError, registries_conf
 from deployments.engine_registry import Registry, RegistryError
-from deployments.processes import free_port, wait_until
 from tests.plugins.engine import build_busybox
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

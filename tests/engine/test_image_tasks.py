@@ -17,8 +17,8 @@ from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
 from flows.config import Image
-from flows.images import build_images, push_images
 from flows.results import StageResult, StageStatus
+from flows.steps.images import build_images, push_images
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from clients.registry import MANIFEST_TYPES
 from deployments.engine_registry import Registry
 from flows.config import Image
-from flows.images import ForkPushRefused, build_all, push_all, push_images
 from flows.results import StageResult, StageStatus
+from flows.steps.images import ForkPushRefused, build_all, push_all, push_images
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from clients.registry import (
     RegistryUnavailable,
     is_loopback,
 )
-from deployments.processes import free_port
+from core.ports import free_port
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -11,12 +11,12 @@ import docker
 import httpx
 import pytest
 
-from deployments.engine_base import ensure_base_image
-from deployments.processes import free_port
+from clients.base_image import ensure_base_image
+from core.ports import free_port
 from flows.config import Image
-from flows.deploy_local import remove_container
-from flows.images import build_all
+from flows.deploy.local import remove_container
 from flows.results import StageStatus
+from flows.steps.images import build_all
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from clients.metrics import set_metrics
-from clients.redact import forget_secrets
+from core.redact import forget_secrets
 from tests.fakes.datadog_api import datadog_api  # noqa: F401 (a fixture)
 from tests.fakes.dogstatsd import Datagram
 from tests.fakes.pagerduty_api import pagerduty_api  # noqa: F401 (a fixture)

@@ -15,7 +15,7 @@ from blocks.observability import (
     load_pagerduty_settings,
     pagerduty_settings_from_env,
 )
-from clients.redact import MASK, redact
+from core.redact import MASK, redact
 
 DD_KEY = "0123456789abcdef0123456789abcdef"
 ROUTING_KEY = "R0123456789ABCDEF0123456789ABCDE"

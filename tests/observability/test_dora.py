@@ -10,15 +10,8 @@ import pytest
 from rich.console import Console
 
 from clients.metrics import Metrics
-from deployments.dora import (
-    DeploymentRecord,
-    compute_dora,
-    dora_command,
-    emit,
-    parse_since,
-    percentile,
-    render_table,
-)
+from deployments.dora import dora_command, render_table
+from flows.records.dora import DeploymentRecord, compute_dora, emit, parse_since, percentile
 from tests.observability.conftest import StatsdListener
 
 NOW = datetime(2024, 6, 30, tzinfo=UTC)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.redact import register_secret
-from deployments.logconfig import (
+from core.logconfig import (
     LOGGING_CONFIG_PATH,
     JsonFormatter,
     bind,
@@ -23,6 +22,7 @@ from deployments.logconfig import (
     configure_json_logging,
     logging_env,
 )
+from core.redact import register_secret
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -120,8 +120,8 @@ _PROBE = r"""
 import json, logging, sys, uuid
 import prefect.main  # configures logging the way every Prefect process does
 from prefect.logging.handlers import APILogHandler, set_api_log_sink
-from clients.redact import RedactingFilter, register_secret
-from deployments.logconfig import JsonFormatter, bind
+from core.redact import RedactingFilter, register_secret
+from core.logconfig import JsonFormatter, bind
 
 sent = []
 set_api_log_sink(sent.append)

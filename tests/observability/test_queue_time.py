@@ -10,7 +10,7 @@ from prefect import flow
 
 from clients.metrics import ENV_HOST, ENV_PORT
 from deployments.prefect_server import PrefectServer
-from flows.observers import queue_time_hook
+from flows.pipelines.observers import queue_time_hook
 from tests.observability.conftest import StatsdListener
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from clients.redact import (
+from core.redact import (
     MASK,
     RedactingFilter,
     forget_secrets,

@@ -26,9 +26,9 @@ import httpx
 import pytest
 
 from clients.metrics import Metrics
-from deployments.logconfig import logging_env
+from core.logconfig import logging_env
+from core.ports import free_port
 from deployments.prefect_server import PrefectServer
-from deployments.processes import free_port
 from tests.observability.conftest import Datagram, StatsdListener
 
 PY = sys.executable

@@ -17,10 +17,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from clients.base_image import ensure_base_image
+from core.ports import port_is_free
 from deployments.engine import ContainerEngine
-from deployments.engine_base import ensure_base_image
 from deployments.engine_registry import Registry
-from deployments.processes import port_is_free
 
 HOST = "127.0.0.1"
 SPARE_PORTS = 4

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from core.ports import free_port
+from core.settings import StackSettings
 from deployments.prefect_server import PrefectServer
-from deployments.processes import free_port
-from deployments.settings import StackSettings
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deployments.processes import free_port, free_port_block
-from deployments.settings import StackSettings
+from core.ports import free_port, free_port_block
+from core.settings import StackSettings
 from deployments.stack import Stack
 from tests.fakes.github_api import FakeGitHub
 

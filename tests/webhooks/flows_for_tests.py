@@ -38,7 +38,7 @@ async def release_pipeline(
 
 
 async def register_deployments() -> None:
-    """Create the pr, merge and release deployments (names as deployments/settings.py)."""
+    """Create the pr, merge and release deployments (names as core/settings.py)."""
     for stand_in, name in (
         (pr_pipeline, "pr"),
         (merge_pipeline, "merge"),

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployments.processes import free_port
+from core.ports import free_port
 
 
 def postgres_bin() -> Path | None:

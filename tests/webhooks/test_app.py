@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 
-from deployments.processes import free_port
+from core.ports import free_port
 from tests.webhooks import payloads
 from tests.webhooks.served import ServedReceiver
 from webhooks.app import create_app

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from deployments.cli_webhooks import app
-from deployments.processes import free_port
+from core.ports import free_port
+from deployments.cli.webhooks import app
 from tests.webhooks import payloads
 
 runner = CliRunner()
@@ -53,7 +53,7 @@ def test_serve_refuses_a_port_taken_by_another_program(environment: Path) -> Non
 def serving(environment: Path) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
-    argv = [sys.executable, "-c", "from deployments.cli import main; main()"]
+    argv = [sys.executable, "-c", "from deployments.cli.main import main; main()"]
     process = subprocess.Popen(
         [*argv, "webhooks", "serve", "--port", str(port)],
         env=env,

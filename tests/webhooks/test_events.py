@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from deployments.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, RELEASE_DEPLOYMENT
+from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, RELEASE_DEPLOYMENT
 from tests.webhooks import payloads
 from webhooks.events import Ignored, PayloadError, PipelineRequest, map_event
 

@@ -139,7 +139,7 @@ def test_store_urls_select_the_backend(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_postgresql_store_is_a_store_error() -> None:
-    from deployments.processes import free_port
+    from core.ports import free_port
 
     with pytest.raises(StoreError, match="PostgreSQL"):
         open_store(f"postgresql://gantry@127.0.0.1:{free_port()}/postgres")

@@ -1,0 +1,1 @@
+"""The `gantry` command line (entry point: ``deployments.cli.main:main``)."""

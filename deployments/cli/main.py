@@ -1,0 +1,170 @@
+"""The `gantry` command line: the local stack, pipeline runs, and their results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, StackSettings
+from deployments.cli.console import (
+    JsonFlag,
+    NoCacheFlag,
+    ensure_stack,
+    err,
+    fail,
+    follow,
+    out,
+    prefect_settings,
+    print_outcome,
+)
+
+app = typer.Typer(
+    help="Gantry: pull-request, merge and release pipelines on Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+run_app = typer.Typer(help="Run a pipeline through its deployment and wait for the result.")
+app.add_typer(run_app, name="run")
+
+
+@app.command()
+def up(as_json: JsonFlag = False) -> None:
+    """Start the local stack (idempotent) and print where it answers."""
+    settings = StackSettings()
+    ensure_stack(settings, quiet=as_json)
+    status(as_json)
+    if not as_json:
+        out.print(f"Prefect UI: [bold]{settings.prefect_url}[/bold]")
+
+
+@app.command()
+def down(as_json: JsonFlag = False) -> None:
+    """Stop exactly what `gantry up` started."""
+    from deployments.stack import Stack
+
+    stopped = Stack(StackSettings()).down()
+    if as_json:
+        out.print_json(json.dumps({"stopped": stopped}))
+    else:
+        out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command()
+def status(as_json: JsonFlag = False) -> None:
+    """Each part of the local stack, its URL and whether it is up (exit 1 when any is down)."""
+    from deployments.runs import last_runs
+    from deployments.stack import Stack
+
+    settings = StackSettings()
+    parts = Stack(settings).status()
+    runs: dict[str, dict[str, str]] = {}
+    if parts[0].up:  # the Prefect server answers: show the newest run of each pipeline
+        with prefect_settings(settings):
+            runs = asyncio.run(last_runs(settings.prefect_url))
+    if as_json:
+        payload = {
+            "parts": {p.name: {"url": p.url, "up": p.up, "detail": p.detail} for p in parts},
+            "up": all(p.up for p in parts),
+            "last_runs": runs,
+        }
+        out.print_json(json.dumps(payload))
+    else:
+        table = Table("part", "url", "up")
+        for p in parts:
+            table.add_row(p.name, p.url, "[green]up[/green]" if p.up else "[red]down[/red]")
+        out.print(table)
+        if runs:
+            recent = Table("pipeline", "last run", "state", "url")
+            for pipeline, run in runs.items():
+                recent.add_row(pipeline, run["name"], run["state"], run["url"])
+            out.print(recent)
+    if not all(p.up for p in parts):
+        raise typer.Exit(1)
+
+
+def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
+    outcome = follow(pipeline, deployment, parameters, as_json)
+    print_outcome(outcome, as_json)
+    raise typer.Exit(0 if outcome.passed else 1)
+
+
+def target(repo: str, sha: str) -> tuple[str, str]:
+    """The repository and full commit SHA the user named, or a usage error."""
+    from deployments.runs import RunError, resolve_target
+
+    try:
+        return resolve_target(repo, sha)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+
+
+@run_app.command("pr")
+def run_pr(
+    repo: Annotated[str, typer.Option(help="Path or clone URL of the repository.")],
+    sha: Annotated[str, typer.Option(help="Commit to verify (a ref or short SHA for a path).")],
+    pr: Annotated[int | None, typer.Option(help="Pull request number.")] = None,
+    head_ref: Annotated[str | None, typer.Option(help="Branch of the pull request.")] = None,
+    fork: Annotated[bool, typer.Option(help="The head is a fork: no secrets, no push.")] = False,
+    no_cache: NoCacheFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the pull-request pipeline on one commit; exit 0 when it passed, 1 when it failed."""
+    repository, full_sha = target(repo, sha)
+    parameters = {
+        "repository": repository,
+        "sha": full_sha,
+        "pr_number": pr,
+        "head_ref": head_ref,
+        "fork": fork,
+        "no_cache": no_cache,
+    }
+    trigger("pr", PR_DEPLOYMENT, parameters, as_json)
+
+
+@run_app.command("merge")
+def run_merge(
+    repo: Annotated[str, typer.Option(help="Path or clone URL of the repository.")],
+    sha: Annotated[str, typer.Option(help="Merged commit (a ref or short SHA for a path).")],
+    ref: Annotated[str, typer.Option(help="Branch that was merged into.")] = "main",
+    repository_name: Annotated[
+        str | None, typer.Option("--name", help="owner/name, for image and record names.")
+    ] = None,
+    no_cache: NoCacheFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the merge pipeline: verify, push by digest, deploy to staging, E2E."""
+    repository, full_sha = target(repo, sha)
+    parameters = {
+        "repository": repository,
+        "sha": full_sha,
+        "ref": ref,
+        "repository_name": repository_name,
+        "no_cache": no_cache,
+    }
+    trigger("merge", MERGE_DEPLOYMENT, parameters, as_json)
+
+
+@app.command()
+def demo(
+    manual: Annotated[
+        bool, typer.Option("--manual", help="Wait for your approval instead of approving.")
+    ] = False,
+) -> None:
+    """The sample service through PR, merge, staging and an approved release to production."""
+    from deployments.demo import run_demo
+
+    raise typer.Exit(run_demo(out, err, manual))
+
+
+def main() -> None:
+    from deployments.cli import observe, release, webhooks
+
+    release.register(app)
+    observe.register(app)
+    app.add_typer(webhooks.app, name="webhooks")
+    app()

@@ -1,0 +1,182 @@
+"""The merge pipeline: verify as for a PR, push by digest, deploy to staging, E2E, candidate."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+
+from core.identity import repository_slug
+from flows.config import ConfigError, GantryConfig, load_config
+from flows.deploy.runtime import docker_host, registry_address
+from flows.deploy.stage import deploy_images, deploy_lock
+from flows.deploy.targets import DeployRequest
+from flows.pipelines.observers import Observers, pipeline_observers, queue_time_hook
+from flows.pipelines.pr import failed_before_stages, verification_stage_calls
+from flows.pipelines.stages import PipelineSummary, finish, run_stage, run_stages
+from flows.records.store import ReleaseCandidate, record_candidate
+from flows.results import RunContext, StageResult, StageStatus
+from flows.steps.checkout import CheckoutError, checkout
+from flows.steps.e2e import run_against
+from flows.steps.images import push_images
+
+AFTER_VERIFY = ("push", "deploy-staging", "e2e")
+
+
+def not_reached(names: tuple[str, ...], why: str) -> list[StageResult]:
+    return [StageResult(name=n, status=StageStatus.SKIPPED, detail=why) for n in names]
+
+
+def commit_time(workspace: Path, sha: str) -> datetime | None:
+    """When the change was committed: the start of its lead time to production."""
+    shown = subprocess.run(
+        ["git", "-C", str(workspace), "show", "-s", "--format=%cI", sha],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    try:
+        return datetime.fromisoformat(shown.stdout.strip()) if shown.returncode == 0 else None
+    except ValueError:
+        return None
+
+
+def merge_run_name() -> str:
+    params = flow_run.parameters
+    return f"merge-{params.get('ref') or 'main'}-{str(params.get('sha', ''))[:7]}"
+
+
+async def _deliver(
+    context: RunContext,
+    config: GantryConfig,
+    workspace: Path,
+    verified: list[StageResult],
+    observers: Observers,
+) -> tuple[list[StageResult], dict[str, Any]]:
+    """Push, deploy to staging and run E2E; returns their stages and the facts for the summary."""
+    slug = repository_slug(context.repository, context.repository_name)
+    build = next(s for s in verified if s.name == "build")
+    if build.status != StageStatus.PASSED:
+        return not_reached(AFTER_VERIFY, "no images were built"), {}
+    push = await run_stage(
+        "push",
+        push_images.with_options(task_run_name="push")(
+            build, registry_address(), None, docker_host(), context.fork, return_state=True
+        ),
+        observers.stages,
+    )
+    if push.status != StageStatus.PASSED:
+        return [push, *not_reached(AFTER_VERIFY[1:], "push failed")], {}
+    images = {name: entry["pinned"] for name, entry in push.data.get("images", {}).items()}
+    data: dict[str, Any] = {"images": images}
+    request = DeployRequest(
+        repository_slug=slug,
+        environment="staging",
+        images=images,
+        image_specs=config.images,
+        manifests_dir=workspace / config.deploy.manifests if config.deploy else None,
+        commit_sha=context.sha,
+        timeout=config.deploy.timeout if config.deploy else 300.0,
+    )
+    async with deploy_lock(slug, "staging"):
+        github_deployment = await observers.deployment_started("staging", context.sha, False)
+        deploy = await run_stage(
+            "deploy-staging",
+            deploy_images.with_options(task_run_name="deploy-staging")(request, return_state=True),
+            observers.stages,
+        )
+        await observers.deployment_finished(
+            github_deployment, deploy.ok, str(deploy.data.get("url") or ""), "staging"
+        )
+        if deploy.status != StageStatus.PASSED:
+            return [push, deploy, *not_reached(("e2e",), "staging deploy failed")], data
+        url = str(deploy.data.get("url") or "")
+        data["staging_url"] = url
+        e2e = await run_stage(
+            "e2e",
+            run_against.with_options(task_run_name="e2e")(
+                "e2e", config.e2e, workspace, url, "staging", return_state=True
+            ),
+            observers.stages,
+        )
+    if e2e.status == StageStatus.PASSED:
+        candidate = ReleaseCandidate(
+            id=f"rc-{context.sha[:12]}-{uuid.uuid4().hex[:6]}",
+            repository=context.repository,
+            repository_slug=slug,
+            repository_name=context.repository_name,
+            commit_sha=context.sha,
+            images=images,
+            flow_run_id=str(flow_run.get_id() or ""),
+            scan_summary=dict(
+                next((s.data.get("counts", {}) for s in verified if s.name == "scan"), {})
+            ),
+            staging_url=url,
+            commit_time=commit_time(workspace, context.sha),
+        )
+        await record_candidate(candidate)
+        data["release_candidate"] = candidate.id
+    else:
+        why = e2e.detail or "E2E did not pass"
+        data["release_candidate"] = None
+        data["not_a_candidate"] = why
+    return [push, deploy, e2e], data
+
+
+@flow(
+    name="merge-pipeline",
+    flow_run_name=merge_run_name,
+    log_prints=True,
+    on_running=[queue_time_hook("merge")],
+)
+async def merge_pipeline(
+    repository: str,
+    sha: str,
+    ref: str = "main",
+    repository_name: str | None = None,
+    no_cache: bool = False,
+    received_at: datetime | None = None,
+) -> State[PipelineSummary]:
+    """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate.
+
+    ``received_at`` is when the webhook arrived; only the queue-time hook reads it.
+    """
+    del received_at
+    context = RunContext(
+        pipeline="merge", repository=repository, sha=sha, repository_name=repository_name, ref=ref
+    )
+    async with pipeline_observers(context) as observers:
+        return await _merge(context, no_cache, observers)
+
+
+async def _merge(
+    context: RunContext, no_cache: bool, observers: Observers
+) -> State[PipelineSummary]:
+    started = time.monotonic()
+    repository, sha = context.repository, context.sha
+    try:
+        async with checkout(repository, sha, name=f"merge-{sha[:12]}") as workspace:
+            try:
+                config = load_config(workspace)
+            except ConfigError as exc:
+                return await finish(context, [failed_before_stages("config", str(exc))], started)
+            verified = await run_stages(
+                verification_stage_calls(context, config, workspace, no_cache), observers.stages
+            )
+            if any(s.status == StageStatus.FAILED for s in verified):
+                skipped = not_reached(AFTER_VERIFY, "verification failed")
+                return await finish(
+                    context, verified + skipped, started, {"release_candidate": None}
+                )
+            delivered, data = await _deliver(context, config, workspace, verified, observers)
+    except CheckoutError as exc:
+        return await finish(context, [failed_before_stages("checkout", str(exc))], started)
+    return await finish(context, verified + delivered, started, data)

@@ -1,0 +1,52 @@
+"""Check steps: lint, static analysis, unit and integration tests, each the repository's argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+
+from flows.config import Checks
+from flows.logs import step_logger
+from flows.results import StageResult, StageStatus, stage_state
+from flows.steps.cache import check_cache_key
+from flows.steps.proc import run_argv, step_env
+
+
+@task(name="check", cache_key_fn=check_cache_key, persist_result=True)
+async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageResult]:
+    """Run the ``stage`` command of ``[checks]`` inside the checkout; undeclared is skipped."""
+    logger = step_logger(stage)
+    step = checks.step(stage)
+    if step is None:
+        logger.info("%s: not declared in gantry.toml, skipped", stage)
+        return stage_state(
+            StageResult(name=stage, status=StageStatus.SKIPPED, detail="not declared")
+        )
+    timeout = checks.timeout_for(stage)
+    logger.info("%s: running %s (timeout %.0f s)", stage, step.command, timeout)
+    result = await run_argv(
+        step.command,
+        cwd=workspace,
+        timeout=timeout,
+        logger=logger,
+        env=step_env({**step.env, "GANTRY_STAGE": stage}),
+        prefix=f"[{stage}] ",
+    )
+    status = StageStatus.PASSED if result.ok else StageStatus.FAILED
+    detail = "" if result.ok else result.describe()
+    logger.info("%s: %s in %.1f s %s", stage, status.value, result.seconds, detail)
+    return stage_state(
+        StageResult(
+            name=stage,
+            status=status,
+            seconds=round(result.seconds, 3),
+            exit_code=result.exit_code,
+            tail=result.tail,
+            detail=detail,
+            # A later run that re-uses this result names the run it came from.
+            data={"flow_run_id": str(flow_run.get_id() or "")},
+        )
+    )

@@ -1,1 +1,0 @@
-"""Kubernetes deploy target against an emulated API server."""
