@@ -1,0 +1,1 @@
+"""Sandboxes for repository code: every command a `gantry.toml` declares runs in one."""
