@@ -1,4 +1,9 @@
-"""Run one argv command the way every step needs it: streamed, bounded in time, never a shell."""
+"""Run one argv command the way every step needs it: streamed, bounded in time, never a shell.
+
+``run_argv`` is for the trusted side's own commands (git and the like). Repository commands
+(checks, E2E, smoke) never come here directly: they go through a sandbox runner
+(``flows.steps.sandbox``), which reuses ``pump_lines`` and ``ProcResult``.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +67,20 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
             continue
 
 
+async def pump_lines(
+    proc: asyncio.subprocess.Process, tail: deque[str], logger: StepLogger, prefix: str
+) -> None:
+    """Log each output line of ``proc`` as it arrives, keeping the last ones in ``tail``."""
+    assert proc.stdout is not None
+    while True:
+        raw = await proc.stdout.readline()
+        if not raw:
+            break
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        tail.append(line)
+        logger.info("%s%s", prefix, line)
+
+
 async def run_argv(
     argv: Sequence[str],
     cwd: Path,
@@ -91,19 +110,11 @@ async def run_argv(
         message = f"command not executable: {args[0]!r}"
         return ProcResult(args, None, time.monotonic() - started, "", error=message)
 
-    async def pump() -> None:
-        assert proc.stdout is not None
-        while True:
-            raw = await proc.stdout.readline()
-            if not raw:
-                break
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            tail.append(line)
-            logger.info("%s%s", prefix, line)
-
     timed_out = False
     try:
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), timeout=timeout)
+        await asyncio.wait_for(
+            asyncio.gather(pump_lines(proc, tail, logger, prefix), proc.wait()), timeout=timeout
+        )
     except TimeoutError:
         timed_out = True
         await _kill_group(proc)
