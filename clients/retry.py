@@ -1,21 +1,30 @@
-"""The retry bounds Gantry's HTTP clients share: bounded tries, jittered backoff, a wait budget.
+"""The retry bounds Gantry shares: bounded tries, jittered backoff, a wait budget.
 
-What is retried, how a rate limit waits and what is raised stay with each client.
+The HTTP clients drive ``Retries`` themselves (what is retried, how a rate limit waits and
+what is raised stay with each client). Any other loop that calls something flaky uses
+``retry_call`` / ``aretry_call``, which apply the same policy around one call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
 import httpx
 
 _random = secrets.SystemRandom()
+_logger = logging.getLogger("gantry.retry")
+
+T = TypeVar("T")
+RetryLogger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass(frozen=True)
@@ -83,3 +92,78 @@ def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     return None if math.isnan(seconds) else max(seconds, 0.0)
+
+
+def retry_call(
+    call: Callable[[], T],
+    *,
+    transient: Callable[[Exception], bool],
+    policy: RetryPolicy | None = None,
+    what: str = "call",
+    logger: RetryLogger | None = None,
+) -> T:
+    """``call()``, tried again after each failure ``transient`` accepts, within ``policy``.
+
+    A failure that is not transient, or the one after the attempts or the wait budget run
+    out, propagates unchanged: the caller converts errors where they enter, once. Each retry
+    logs one warning naming ``what`` and ``str(exc)``, so ``call`` should raise errors whose
+    text holds no secret (the caller's own, converted at its boundary).
+    """
+    retries = Retries(policy or RetryPolicy())
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            delay = _next_delay(retries, exc, transient, what, logger)
+            if delay is None:
+                raise
+        time.sleep(delay)
+        retries.waited += delay
+
+
+async def aretry_call(
+    call: Callable[[], Awaitable[T]],
+    *,
+    transient: Callable[[Exception], bool],
+    policy: RetryPolicy | None = None,
+    what: str = "call",
+    logger: RetryLogger | None = None,
+) -> T:
+    """``await call()``, tried again after each failure ``transient`` accepts, within ``policy``.
+
+    ``call`` is a factory so that every try gets a fresh awaitable. Cancellation is never
+    retried (it is not an ``Exception``). Otherwise as ``retry_call``.
+    """
+    retries = Retries(policy or RetryPolicy())
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            delay = _next_delay(retries, exc, transient, what, logger)
+            if delay is None:
+                raise
+        await retries.sleep(delay)
+
+
+def _next_delay(
+    retries: Retries,
+    exc: Exception,
+    transient: Callable[[Exception], bool],
+    what: str,
+    logger: RetryLogger | None,
+) -> float | None:
+    """The sleep before the next try, logged, or None when ``exc`` should propagate."""
+    if not transient(exc):
+        return None
+    delay = retries.failed()
+    if delay is None:
+        return None
+    (logger or _logger).warning(
+        "%s failed (try %d of %d): %s; retrying in %.2f s",
+        what,
+        retries.failures,
+        retries.policy.attempts,
+        exc,
+        delay,
+    )
+    return delay

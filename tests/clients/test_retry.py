@@ -1,7 +1,11 @@
-"""The shared retry bounds: jittered backoff, the per-call budget, Retry-After parsing."""
+"""The shared retry bounds: jittered backoff, the per-call budget, Retry-After parsing, and
+the generic ``retry_call`` / ``aretry_call`` helpers."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -9,7 +13,13 @@ import httpx
 import pytest
 
 from clients import datadog_api, github, github_http, pagerduty, snyk
-from clients.retry import Retries, RetryPolicy, retry_after_seconds
+from clients.retry import (
+    Retries,
+    RetryPolicy,
+    aretry_call,
+    retry_after_seconds,
+    retry_call,
+)
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 SAMPLES = 2000
@@ -120,3 +130,131 @@ def test_each_client_keeps_its_own_defaults() -> None:
         issubclass(p, RetryPolicy)
         for p in (datadog_api.RetryPolicy, pagerduty.RetryPolicy, snyk.RetryPolicy)
     )
+
+
+QUICK = RetryPolicy(attempts=3, backoff=0.01, backoff_cap=0.02, max_wait=1.0)
+LOGGER = "tests.retry"
+
+
+class Flaky(Exception):
+    """The error a test marks transient."""
+
+
+class Broken(Exception):
+    """The error a test does not."""
+
+
+class FailsThenAnswers:
+    """A call that raises ``errors`` in turn, then answers "ok"; it counts its tries."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.tries = 0
+
+    def __call__(self) -> str:
+        self.tries += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+    async def acall(self) -> str:
+        await asyncio.sleep(0)
+        return self()
+
+
+def is_flaky(exc: Exception) -> bool:
+    return isinstance(exc, Flaky)
+
+
+def retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def test_retry_call_retries_transient_failures_and_returns_the_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call = FailsThenAnswers(Flaky("blip 1"), Flaky("blip 2"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        answer = retry_call(
+            call, transient=is_flaky, policy=QUICK, what="fetch x", logger=logging.getLogger(LOGGER)
+        )
+    assert answer == "ok"
+    assert call.tries == 3
+    lines = retry_lines(caplog)
+    assert len(lines) == 2  # one line per retry
+    assert lines[0].startswith("fetch x failed (try 1 of 3): blip 1; retrying in ")
+    assert lines[1].startswith("fetch x failed (try 2 of 3): blip 2; retrying in ")
+
+
+def test_retry_call_gives_up_after_the_attempts_with_the_last_error() -> None:
+    call = FailsThenAnswers(*(Flaky(f"blip {n}") for n in range(1, 10)))
+    with pytest.raises(Flaky, match="blip 3"):
+        retry_call(call, transient=is_flaky, policy=QUICK)
+    assert call.tries == QUICK.attempts
+
+
+def test_retry_call_does_not_retry_what_is_not_transient() -> None:
+    call = FailsThenAnswers(Broken("no"))
+    with pytest.raises(Broken):
+        retry_call(call, transient=is_flaky, policy=QUICK)
+    assert call.tries == 1
+
+
+def test_retry_call_stops_when_the_wait_budget_is_spent() -> None:
+    policy = RetryPolicy(attempts=50, backoff=0.02, backoff_cap=0.02, max_wait=0.05)
+    call = FailsThenAnswers(*(Flaky("blip") for _ in range(50)))
+    started = time.monotonic()
+    with pytest.raises(Flaky):
+        retry_call(call, transient=is_flaky, policy=policy)
+    # Sleeps of 0.01-0.02 s each within 0.05 s: at most five sleeps, so at most six tries.
+    assert 3 <= call.tries <= 6
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.anyio
+async def test_aretry_call_retries_with_a_fresh_awaitable_each_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call = FailsThenAnswers(Flaky("blip"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        answer = await aretry_call(
+            call.acall,
+            transient=is_flaky,
+            policy=QUICK,
+            what="push y",
+            logger=logging.getLogger(LOGGER),
+        )
+    assert answer == "ok"
+    assert call.tries == 2
+    (line,) = retry_lines(caplog)
+    assert line.startswith("push y failed (try 1 of 3): blip; retrying in ")
+
+
+@pytest.mark.anyio
+async def test_aretry_call_gives_up_after_the_attempts_with_the_last_error() -> None:
+    call = FailsThenAnswers(*(Flaky(f"blip {n}") for n in range(1, 10)))
+    with pytest.raises(Flaky, match="blip 3"):
+        await aretry_call(call.acall, transient=is_flaky, policy=QUICK)
+    assert call.tries == QUICK.attempts
+
+
+@pytest.mark.anyio
+async def test_aretry_call_does_not_retry_what_is_not_transient() -> None:
+    call = FailsThenAnswers(Broken("no"))
+    with pytest.raises(Broken):
+        await aretry_call(call.acall, transient=is_flaky, policy=QUICK)
+    assert call.tries == 1
+
+
+@pytest.mark.anyio
+async def test_aretry_call_never_retries_a_cancellation() -> None:
+    tries = 0
+
+    async def cancelled() -> str:
+        nonlocal tries
+        tries += 1
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await aretry_call(cancelled, transient=lambda exc: True, policy=QUICK)
+    assert tries == 1

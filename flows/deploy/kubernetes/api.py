@@ -1,27 +1,36 @@
 """The Kubernetes API as a deploy needs it: discovery, get, list, server-side apply.
 
-Generic over kinds (whatever the overlay renders), on top of the ``kubernetes_asyncio`` client
-that prefect-kubernetes' cluster config builds. Transient failures (connection errors, 429,
-5xx) are retried a bounded number of times with jitter; every other failure becomes a
-``ClusterError`` naming the call and the API server's own message, never the credentials.
+Generic over kinds (whatever the overlay renders), through ``kubernetes_asyncio``'s dynamic
+client on the ``ApiClient`` that prefect-kubernetes' cluster config builds, so every request
+goes to the server, and with the credentials, that the block's kubeconfig names. Transient
+failures (connection errors, timeouts, 429, 5xx) are retried within the project's shared
+``RetryPolicy``; every failure becomes a ``ClusterError`` naming the call and the API
+server's own message, never the credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.dynamic import DynamicClient, Resource
+
+from clients.retry import RetryPolicy, aretry_call
+from flows.logs import StepLogger, step_logger
 
 REQUEST_TIMEOUT = 30.0
-RETRY_ATTEMPTS = 3
-RETRY_BACKOFF = 0.5
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Three tries in all with the shared equal-jitter backoff (about 0.25-0.5 s, then 0.5-1 s):
+# long enough to ride out an API server restart behind a load balancer, short enough that a
+# broken cluster fails the deploy promptly.
+RETRY = RetryPolicy(attempts=3, backoff=0.5, backoff_cap=4.0, max_wait=10.0)
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class ClusterError(RuntimeError):
@@ -46,82 +55,117 @@ class UnknownKindError(ClusterError):
 
 @dataclass(frozen=True)
 class ResourceType:
-    """Where the API serves one kind, found by discovery."""
+    """Where the API serves one kind, found by discovery; ``resource`` builds its URLs."""
 
     api_version: str
     kind: str
-    plural: str
     namespaced: bool
-
-    def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        prefix = (
-            f"/api/{self.api_version}"
-            if "/" not in self.api_version
-            else (f"/apis/{self.api_version}")
-        )
-        if self.namespaced and namespace:
-            prefix = f"{prefix}/namespaces/{namespace}"
-        path = f"{prefix}/{self.plural}"
-        return f"{path}/{name}" if name else path
+    resource: Resource
 
 
-def _status_message(exc: ApiException) -> str:
+def is_transient(exc: Exception) -> bool:
+    """Whether another try may succeed: no answer, throttled, or the server's own fault."""
+    if isinstance(exc, ClusterUnreachableError):
+        return True
+    return isinstance(exc, ApiCallError) and exc.status in TRANSIENT_STATUSES
+
+
+def _status_message(body: bytes | str | None, reason: str | None) -> str:
     """The API server's own explanation from a Status body, else the HTTP reason."""
-    body: Any = exc.body
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    if isinstance(body, str) and body:
+    if body:
         try:
             status = json.loads(body)
         except ValueError:
             return body[:300]
         if isinstance(status, dict) and status.get("message"):
             return str(status["message"])[:500]
-    return str(exc.reason or "")
+    return reason or ""
 
 
 class KubeApi:
-    """A thin, kind-generic API client over one ``ApiClient``."""
+    """A thin, kind-generic client over one ``ApiClient``, through the dynamic client.
 
-    def __init__(self, client: ApiClient, field_manager: str = "gantry") -> None:
-        self._client = client
+    Discovery is one GET of the group version's resource list, kept here rather than in
+    the dynamic client's ``Discoverer``: that one turns a 503 on a group version into an
+    empty list (so "unknown kind" instead of a retry), and in kubernetes_asyncio 36.x it
+    hands error answers back as objects (fixed upstream after 36.1.0). Every request is
+    sent with ``serialize=False`` so the HTTP status is checked here on either behaviour.
+    """
+
+    def __init__(
+        self,
+        client: ApiClient,
+        field_manager: str = "gantry",
+        *,
+        retry: RetryPolicy = RETRY,
+        logger: StepLogger | None = None,
+    ) -> None:
+        # Never awaited: awaiting starts the Discoverer, which this class does not use.
+        self._dynamic = DynamicClient(client)
         self._field_manager = field_manager
+        self._retry = retry
+        self._logger = logger or step_logger("deploy")
         self._discovered: dict[str, dict[str, ResourceType]] = {}
 
     async def resource_type(self, api_version: str, kind: str) -> ResourceType:
         if api_version not in self._discovered:
-            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            try:
-                listing = await self._call("GET", path)
-            except ApiCallError as exc:
-                if exc.status == 404:
-                    raise UnknownKindError(
-                        f"the cluster does not serve {api_version} (for {kind})"
-                    ) from exc
-                raise
-            types: dict[str, ResourceType] = {}
-            for entry in listing.get("resources", []) if isinstance(listing, dict) else []:
-                name = str(entry.get("name", ""))
-                if not name or "/" in name:  # subresources such as deployments/status
-                    continue
-                types[str(entry.get("kind"))] = ResourceType(
-                    api_version=api_version,
-                    kind=str(entry.get("kind")),
-                    plural=name,
-                    namespaced=bool(entry.get("namespaced")),
-                )
-            self._discovered[api_version] = types
+            self._discovered[api_version] = await self._discover(api_version, kind)
         found = self._discovered[api_version].get(kind)
         if found is None:
             raise UnknownKindError(f"the cluster does not serve kind {kind} in {api_version}")
         return found
 
+    async def _discover(self, api_version: str, kind: str) -> dict[str, ResourceType]:
+        group, _, version = api_version.rpartition("/")
+        prefix = "apis" if group else "api"
+        path = f"/{prefix}/{api_version}"
+        try:
+            listing = await self._call(
+                f"GET {path}", lambda: self._dynamic.request("GET", path, serialize=False)
+            )
+        except ApiCallError as exc:
+            if exc.status == 404:
+                raise UnknownKindError(
+                    f"the cluster does not serve {api_version} (for {kind})"
+                ) from exc
+            raise
+        types: dict[str, ResourceType] = {}
+        for entry in listing.get("resources", []) if isinstance(listing, dict) else []:
+            name = str(entry.get("name", ""))
+            if not name or "/" in name:  # subresources such as deployments/status
+                continue
+            namespaced = bool(entry.get("namespaced"))
+            served = str(entry.get("kind"))
+            types[served] = ResourceType(
+                api_version=api_version,
+                kind=served,
+                namespaced=namespaced,
+                resource=Resource(
+                    prefix=prefix,
+                    group=group,
+                    api_version=version,
+                    kind=served,
+                    namespaced=namespaced,
+                    name=name,
+                    client=self._dynamic,
+                ),
+            )
+        return types
+
     async def get(
         self, rtype: ResourceType, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         """The live object, or None when it does not exist."""
+        what = f"GET {rtype.resource.path(name=name, namespace=namespace)}"
         try:
-            found = await self._call("GET", rtype.path(namespace, name))
+            found = await self._call(
+                what,
+                lambda: self._dynamic.get(
+                    rtype.resource, name=name, namespace=namespace, serialize=False
+                ),
+            )
         except ApiCallError as exc:
             if exc.status == 404:
                 return None
@@ -133,7 +177,13 @@ class KubeApi:
     ) -> list[dict[str, Any]]:
         """Objects carrying all ``labels`` (checked here too, not only by the server)."""
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-        found = await self._call("GET", rtype.path(namespace), query=[("labelSelector", selector)])
+        what = f"GET {rtype.resource.path(namespace=namespace)}"
+        found = await self._call(
+            what,
+            lambda: self._dynamic.get(
+                rtype.resource, namespace=namespace, label_selector=selector, serialize=False
+            ),
+        )
         items = found.get("items", []) if isinstance(found, dict) else []
         return [
             item
@@ -151,57 +201,57 @@ class KubeApi:
         Apply is idempotent, so retrying it after a transient failure is safe.
         """
         metadata = obj.get("metadata", {})
+        name = str(metadata["name"])
+        namespace = metadata.get("namespace")
+        what = f"PATCH {rtype.resource.path(name=name, namespace=namespace)}"
         answer = await self._call(
-            "PATCH",
-            rtype.path(metadata.get("namespace"), metadata["name"]),
-            query=[("fieldManager", self._field_manager), ("force", "true")],
-            body=obj,
-            content_type="application/apply-patch+yaml",
+            what,
+            lambda: self._dynamic.server_side_apply(
+                rtype.resource,
+                body=obj,
+                name=name,
+                namespace=namespace,
+                field_manager=self._field_manager,
+                force_conflicts=True,
+                serialize=False,
+            ),
         )
         return answer if isinstance(answer, dict) else {}
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]] | None = None,
-        body: dict[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        what = f"{method} {path}"
-        for attempt in range(1, RETRY_ATTEMPTS + 1):
-            try:
-                return await self._client.call_api(
-                    path,
-                    method,
-                    query_params=list(query or []),
-                    header_params={"Accept": "application/json", "Content-Type": content_type},
-                    body=body,
-                    response_types_map={200: "object", 201: "object"},
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
-                    _preload_content=True,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-            except ApiException as exc:
-                status = int(exc.status or 0)
-                if status in _TRANSIENT_STATUSES and attempt < RETRY_ATTEMPTS:
-                    await _backoff(attempt)
-                    continue
-                raise ApiCallError(
-                    f"{what} answered {status} {exc.reason or ''}: {_status_message(exc)}".strip(),
-                    status,
-                ) from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt < RETRY_ATTEMPTS:
-                    await _backoff(attempt)
-                    continue
-                raise ClusterUnreachableError(
-                    f"{what}: the API server did not answer: {type(exc).__name__}: {exc}"
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def _call(self, what: str, send: Callable[[], Awaitable[Any]]) -> Any:
+        return await aretry_call(
+            lambda: self._once(what, send),
+            transient=is_transient,
+            policy=self._retry,
+            what=what,
+            logger=self._logger,
+        )
 
-
-async def _backoff(attempt: int) -> None:
-    delay = RETRY_BACKOFF * 2 ** (attempt - 1)
-    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security
+    async def _once(self, what: str, send: Callable[[], Awaitable[Any]]) -> Any:
+        """One request: its decoded JSON answer, or the ``ClusterError`` it amounts to."""
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                response: aiohttp.ClientResponse = await send()
+                async with response:
+                    status, reason, body = response.status, response.reason, await response.read()
+        except ApiException as exc:
+            # Releases with the upstream fix raise for error statuses themselves.
+            status = int(exc.status or 0)
+            raise ApiCallError(
+                f"{what} answered {status} {exc.reason or ''}: "
+                f"{_status_message(exc.body, exc.reason)}".strip(),
+                status,
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ClusterUnreachableError(
+                f"{what}: the API server did not answer: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not 200 <= status <= 299:
+            raise ApiCallError(
+                f"{what} answered {status} {reason or ''}: {_status_message(body, reason)}".strip(),
+                status,
+            )
+        try:
+            return json.loads(body) if body else {}
+        except ValueError as exc:
+            raise ClusterError(f"{what}: the API server's answer is not JSON") from exc

@@ -121,7 +121,7 @@ class KubernetesDeployTarget:
         polling = Polling(self.target.poll_interval, self.target.max_poll_interval)
         try:
             async with self.target.api_client() as client:
-                api = KubeApi(client, self.target.field_manager)
+                api = KubeApi(client, self.target.field_manager, logger=logger)
                 plan = await self._plan(api, objects, request.environment)
                 previous = await _read_previous(api, plan)
                 previous_images = _by_image_name(previous, placements)

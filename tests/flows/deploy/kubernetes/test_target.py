@@ -12,6 +12,7 @@ import yaml
 from kmock import KubernetesError
 
 from blocks.cluster import KubernetesTarget
+from flows.deploy.kubernetes.api import RETRY
 from flows.deploy.kubernetes.target import KubernetesDeployTarget
 from flows.deploy.targets import DeployError, DeployRequest
 from tests.flows.deploy.kubernetes.conftest import (
@@ -323,6 +324,27 @@ async def test_a_transient_api_server_error_is_retried(
         ]
         == NEW
     )
+
+
+async def test_an_api_server_that_stays_unavailable_fails_the_deploy_after_the_bound(
+    deploy_target: KubernetesDeployTarget, emulator: ApiServerEmulator, manifests: Path
+) -> None:
+    def unavailable(incoming: Any) -> KubernetesError | None:
+        if str(incoming.url.path) != "/apis/apps/v1":
+            return None
+        return KubernetesError(status=503, reason="ServiceUnavailable", message="restarting")
+
+    emulator.fault = unavailable
+
+    with pytest.raises(DeployError) as caught:
+        await deploy_target.deploy(request(manifests, NEW))
+
+    assert caught.value.rolled_back is False
+    assert "before applying anything" in str(caught.value)
+    assert "answered 503 Service Unavailable: restarting" in str(caught.value)
+    discovery = [r for r in emulator.received() if str(r.url.path) == "/apis/apps/v1"]
+    assert len(discovery) == RETRY.attempts
+    assert emulator.writes() == []
 
 
 async def test_an_api_server_refusal_during_the_rollout_rolls_back_what_ran(
