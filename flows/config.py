@@ -31,6 +31,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# What a step's sandbox may reach: "none" (its own loopback only, the default) or "outside"
+# (the internet, never the host's loopback services nor the cloud metadata address). E2E and
+# smoke always get "target" (the environment under test) in addition to what they declare.
+StepNetwork = Literal["none", "outside"]
+
+
 class CheckStep(_Strict):
     """One check declared as a table: ``[checks.unit] command = [...] timeout = 120``."""
 
@@ -38,6 +44,7 @@ class CheckStep(_Strict):
     timeout: float | None = Field(default=None, gt=0)
     inputs: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    network: StepNetwork = "none"
 
     @field_validator("command")
     @classmethod
@@ -106,6 +113,8 @@ class E2E(_Strict):
 
     command: Argv
     timeout: float = Field(default=900.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    network: StepNetwork = "none"
 
 
 class Smoke(_Strict):
@@ -113,6 +122,19 @@ class Smoke(_Strict):
 
     command: Argv
     timeout: float = Field(default=300.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    network: StepNetwork = "none"
+
+
+class Sandbox(_Strict):
+    """``[sandbox]``: the toolchain and limits every step of this repository runs with."""
+
+    # None: the default toolchain (Python 3, git, the usual build tools). An image reference
+    # names the service's own toolchain (the kubernetes runner runs it; the local one refuses).
+    image: str | None = Field(default=None, min_length=1)
+    cpus: float = Field(default=2.0, gt=0, le=64)
+    memory_mb: int = Field(default=2048, ge=64, le=262144)
+    processes: int = Field(default=512, ge=8, le=65536)
 
 
 class Scan(_Strict):
@@ -132,6 +154,7 @@ class GantryConfig(_Strict):
     e2e: E2E | None = None
     smoke: Smoke | None = None
     scan: Scan = Field(default_factory=Scan)
+    sandbox: Sandbox = Field(default_factory=Sandbox)
 
     @field_validator("images")
     @classmethod

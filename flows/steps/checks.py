@@ -8,11 +8,11 @@ from prefect import task
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from flows.config import Checks
+from flows.config import Checks, load_config
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
 from flows.steps.cache import check_cache_key
-from flows.steps.proc import run_argv, step_env
+from flows.steps.sandbox import run_step
 
 
 @task(name="check", cache_key_fn=check_cache_key, persist_result=True)
@@ -27,12 +27,15 @@ async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageR
         )
     timeout = checks.timeout_for(stage)
     logger.info("%s: running %s (timeout %.0f s)", stage, step.command, timeout)
-    result = await run_argv(
+    # Repository code: only ever in a sandbox (its [sandbox] table is read from the checkout).
+    result = await run_step(
         step.command,
-        cwd=workspace,
-        timeout=timeout,
-        logger=logger,
-        env=step_env({**step.env, "GANTRY_STAGE": stage}),
+        workspace,
+        timeout,
+        logger,
+        sandbox=load_config(workspace).sandbox,
+        env={**step.env, "GANTRY_STAGE": stage},
+        network=step.network,
         prefix=f"[{stage}] ",
     )
     status = StageStatus.PASSED if result.ok else StageStatus.FAILED

@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
-from flows.config import E2E, Smoke
+from flows.config import E2E, Smoke, load_config
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
-from flows.steps.proc import run_argv, step_env
+from flows.steps.sandbox import run_step
 
 
 @task(name="e2e", cache_policy=NO_CACHE)
@@ -24,14 +24,19 @@ async def run_against(
         detail = f"no [{stage}] command in gantry.toml"
         logger.info("%s: %s, skipped", stage, detail)
         return stage_state(StageResult(name=stage, status=StageStatus.SKIPPED, detail=detail))
-    env = step_env({"GANTRY_TARGET_URL": target_url, "GANTRY_ENVIRONMENT": environment})
+    env = {**command.env, "GANTRY_TARGET_URL": target_url, "GANTRY_ENVIRONMENT": environment}
     logger.info("%s: %s against %s", stage, command.command, target_url)
-    result = await run_argv(
+    # Repository code against a live environment: in a sandbox that reaches the target only
+    # (network "target"), or the target and the internet when it declares "outside".
+    result = await run_step(
         command.command,
-        cwd=workspace,
-        timeout=command.timeout,
-        logger=logger,
+        workspace,
+        command.timeout,
+        logger,
+        sandbox=load_config(workspace).sandbox,
         env=env,
+        network="outside" if command.network == "outside" else "target",
+        target_url=target_url,
         prefix=f"[{stage}] ",
     )
     status = StageStatus.PASSED if result.ok else StageStatus.FAILED

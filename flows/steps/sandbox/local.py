@@ -166,6 +166,9 @@ class LocalRunner:
             str(spec.workspace.resolve()),
             str(CHECKOUT),
             *binds,
+            # The sandbox's own root (a tmpfs holding the mount points) is read-only too.
+            "--remount-ro",
+            "/",
             "--chdir",
             str(CHECKOUT),
             "--uid",
@@ -214,9 +217,10 @@ class LocalRunner:
             command = ["prlimit", f"--as={memory}", f"--nproc={limits.processes}", "--", *command]
             logger.warning("%scgroups not writable: limits are per-process rlimits", prefix)
         async with AsyncExitStack() as stack:
-            if spec.network == "target":
-                if not spec.target_url:
-                    raise SandboxError('network "target" needs a target_url')
+            if spec.network == "target" and not spec.target_url:
+                raise SandboxError('network "target" needs a target_url')
+            # An E2E step that also opted into "outside" still reaches its target the same way.
+            if spec.target_url and spec.network in ("target", "outside"):
                 target = await stack.enter_async_context(serve_target(spec.target_url, folder))
                 env["GANTRY_TARGET_URL"] = target.inner_url
                 binds += ["--ro-bind", str(folder / "hosts"), "/etc/hosts"]
@@ -233,7 +237,7 @@ class LocalRunner:
                     "--",
                     *command,
                 ]
-            elif spec.network == "outside":
+            if spec.network == "outside":
                 (folder / "resolv.conf").write_text("nameserver 10.0.2.3\n")
                 binds += ["--ro-bind", str(folder / "resolv.conf"), "/etc/resolv.conf"]
             info_r, info_w = os.pipe()

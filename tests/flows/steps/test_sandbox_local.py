@@ -1,0 +1,328 @@
+"""The local sandbox, with real bubblewrap: what a repository's command can and cannot reach."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.config import Sandbox
+from flows.steps.proc import ProcResult
+from flows.steps.sandbox import run_step
+from flows.steps.sandbox.base import Limits, StepSpec
+from flows.steps.sandbox.local import LocalRunner
+from tests.flows.steps.probe_repo import make_probe_repo, make_unittest_repo
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+
+LOG = logging.getLogger("test.sandbox")
+PROJECT = Path(__file__).resolve().parents[3]
+SECRET = f"s3cret-{uuid.uuid4().hex}"
+
+
+def run(spec: StepSpec, runner: LocalRunner | None = None) -> ProcResult:
+    return asyncio.run((runner or LocalRunner()).run(spec, LOG))
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port on the host's loopback, standing in for the Prefect API or the registry."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def engine_socket(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "engine" / "podman.sock"
+    path.parent.mkdir()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+        yield path
+
+
+@pytest.fixture
+def secret_process() -> Iterator[int]:
+    """A host process whose environment holds a secret, like the worker's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={"GANTRY_WEBHOOK_SECRET": SECRET},
+    )
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def probed(
+    tmp_path: Path, listener: int, engine_socket: Path, secret_process: int
+) -> dict[str, object]:
+    state = tmp_path / "state"
+    (state / "prefect").mkdir(parents=True)
+    (state / "webhooks.db").write_text("")
+    checkout = make_probe_repo(tmp_path / "checkout")
+    args = {
+        "port": listener,
+        "socket": str(engine_socket),
+        "pid": secret_process,
+        "secret": SECRET,
+        "state": str(state),
+        "project": str(PROJECT),
+        "outside": [str(tmp_path / "outside.txt"), "/usr/probe", "/etc/probe", "/probe"],
+    }
+    spec = StepSpec(
+        argv=("python3", "probe.py", json.dumps(args)),
+        workspace=checkout,
+        timeout=60,
+        env={"DECLARED": "yes"},
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    found: dict[str, object] = json.loads(result.tail.splitlines()[-1])
+    found["_outside_file"] = (tmp_path / "outside.txt").exists()
+    found["_checkout_file"] = (checkout / "probe-wrote-this").exists()
+    return found
+
+
+def test_check_cannot_connect_to_host_loopback_services(probed: dict[str, object]) -> None:
+    assert probed["tcp"] == "ConnectionRefusedError"
+
+
+def test_check_cannot_read_another_process_environment(probed: dict[str, object]) -> None:
+    # The host's pid is not in the sandbox's PID namespace at all.
+    assert probed["environ"] in {"FileNotFoundError", "PermissionError"}
+    assert probed["secret_in_any_environ"] is False
+
+
+def test_check_cannot_see_state_folder_nor_project(probed: dict[str, object]) -> None:
+    assert probed["state_exists"] is False
+    assert probed["project_code"] is False
+
+
+def test_check_cannot_reach_engine_socket(probed: dict[str, object]) -> None:
+    assert probed["engine_socket"] == "FileNotFoundError"
+
+
+def test_check_writes_only_inside_its_checkout(probed: dict[str, object]) -> None:
+    assert all(outcome != "written" for outcome in probed["write_outside"])  # type: ignore[attr-defined]
+    assert probed["_outside_file"] is False
+    assert probed["write_checkout"] == "written"
+    assert probed["_checkout_file"] is True
+
+
+def test_check_runs_as_nobody_with_only_declared_env_and_own_tmp(
+    probed: dict[str, object],
+) -> None:
+    assert probed["uid"] == 65534
+    env = probed["env"]
+    assert isinstance(env, dict)
+    assert env["CI"] == "true"
+    assert env["DECLARED"] == "yes"
+    assert env["HOME"] == "/tmp"
+    # Python and the shell add a few of their own (PWD, LC_CTYPE); nothing of the worker's.
+    assert set(env) <= {"CI", "DECLARED", "HOME", "PATH", "PWD", "LC_CTYPE"}
+    assert probed["tmp"] == []
+
+
+def _host_pids_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_timeout_kills_the_whole_process_tree(tmp_path: Path) -> None:
+    marker = f"gantry-test-{uuid.uuid4().hex}"
+    # A child that daemonizes a grandchild (new session, parent gone), then hangs.
+    script = (
+        "import subprocess, sys, time\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(600)', sys.argv[1]]\n"
+        "subprocess.Popen(sleeper, start_new_session=True)\n"
+        "subprocess.Popen([sys.executable, '-c',"
+        " 'import subprocess,sys; subprocess.Popen(sys.argv[1:], start_new_session=True)',"
+        " *sleeper])\n"
+        "time.sleep(600)\n"
+    )
+    spec = StepSpec(argv=("python3", "-c", script, marker), workspace=tmp_path, timeout=2, env={})
+
+    seen: list[int] = []
+
+    async def scenario() -> ProcResult:
+        task = asyncio.create_task(LocalRunner().run(spec, LOG))
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            seen[:] = _host_pids_with(marker)
+            if len(seen) >= 3:
+                break
+        return await task
+
+    result = asyncio.run(scenario())
+    assert result.timed_out
+    assert len(seen) >= 3, "the grandchildren never started"
+    assert _host_pids_with(marker) == []
+
+
+def test_cancelled_step_leaves_no_process(tmp_path: Path) -> None:
+    marker = f"gantry-test-{uuid.uuid4().hex}"
+    spec = StepSpec(
+        argv=("python3", "-c", "import time; time.sleep(600)", marker),
+        workspace=tmp_path,
+        timeout=600,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.create_task(LocalRunner().run(spec, LOG))
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if _host_pids_with(marker):
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert _host_pids_with(marker) == []
+
+
+def test_process_count_limit_stops_a_fork_bomb(tmp_path: Path) -> None:
+    script = (
+        "import subprocess\n"
+        "procs = []\n"
+        "try:\n"
+        "    for _ in range(64):\n"
+        "        procs.append(subprocess.Popen(['sleep', '30']))\n"
+        "    print('spawned', len(procs))\n"
+        "except OSError as exc:\n"
+        "    print('refused after', len(procs), type(exc).__name__)\n"
+    )
+    spec = StepSpec(
+        argv=("python3", "-c", script), workspace=tmp_path, timeout=30, limits=Limits(processes=16)
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    assert "refused after" in result.tail
+
+
+def test_plain_unittest_repository_passes_with_default_toolchain(tmp_path: Path) -> None:
+    repo = make_unittest_repo(tmp_path / "repo")
+    argv = ["python3", "-m", "unittest", "discover", "-s", "tests", "-v"]
+    result = asyncio.run(run_step(argv, repo, 60, LOG, sandbox=Sandbox()))
+    assert result.ok, result.tail
+    assert "OK" in result.tail
+
+
+def test_image_toolchain_is_refused_by_local_runner_with_a_clear_error(tmp_path: Path) -> None:
+    result = asyncio.run(
+        run_step(["true"], tmp_path, 10, LOG, sandbox=Sandbox(image="python:3.12-slim"))
+    )
+    assert not result.ok
+    assert result.error is not None and "default toolchain only" in result.error
+
+
+@pytest.fixture
+def target() -> Iterator[str]:
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"hello from the target"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+E2E_PROBE = """
+import json, os, socket, sys, urllib.request
+url = os.environ["GANTRY_TARGET_URL"]
+body = urllib.request.urlopen(url + "/healthz", timeout=5).read().decode()
+s = socket.socket(); s.settimeout(1)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1]))); other = "connected"
+except OSError as exc:
+    other = type(exc).__name__
+print(json.dumps({"body": body, "other": other}))
+"""
+
+
+def test_e2e_reaches_its_target_and_nothing_else(
+    tmp_path: Path, target: str, listener: int
+) -> None:
+    spec = StepSpec(
+        argv=("python3", "-c", E2E_PROBE, str(listener)),
+        workspace=tmp_path,
+        timeout=30,
+        network="target",
+        target_url=target,
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    assert found["body"] == "hello from the target"
+    assert found["other"] == "ConnectionRefusedError"
+
+
+def test_reap_kills_a_leftover_sandbox_by_its_flow_run_label(tmp_path: Path) -> None:
+    runner = LocalRunner(root=tmp_path / "runner")
+    runner.root.mkdir()  # type: ignore[union-attr]
+    marker = f"gantry-test-{uuid.uuid4().hex}"
+    labels = {"gantry.flow-run-id": str(uuid.uuid4())}
+    spec = StepSpec(
+        argv=("python3", "-c", "import time; time.sleep(600)", marker),
+        workspace=tmp_path,
+        timeout=600,
+        labels=labels,
+    )
+
+    async def scenario() -> list[str]:
+        task = asyncio.create_task(runner.run(spec, LOG))
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if _host_pids_with(marker):
+                break
+        assert await runner.reap({"gantry.flow-run-id": "another run"}) == []
+        reaped = await runner.reap(labels)
+        result = await asyncio.wait_for(task, 10)
+        assert not result.ok
+        return reaped
+
+    reaped = asyncio.run(scenario())
+    assert len(reaped) == 1
+    deadline = time.monotonic() + 5
+    while _host_pids_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_pids_with(marker) == []
+
+
+def test_worker_venv_python_and_tools_work_inside(tmp_path: Path) -> None:
+    # The sample service runs `python -m pytest/ruff/mypy` from the worker's venv.
+    spec = StepSpec(argv=("python", "-m", "pytest", "--version"), workspace=tmp_path, timeout=60)
+    result = run(spec)
+    assert result.ok, result.tail
