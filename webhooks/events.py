@@ -6,6 +6,14 @@ as typed flow parameters; anything used in a run name or tag is slugged first.
 
 Draft pull requests start nothing until they are marked ready for review (``ready_for_review``);
 pushes to a draft PR's branch after that run as usual.
+
+Untrusted contributors: a pull request from a fork whose author is not trusted by the
+repository's ``ApprovalPolicy`` (by default: not OWNER, MEMBER or COLLABORATOR, as GitHub's
+``author_association`` says) starts nothing; it is recorded as waiting for a maintainer's
+approval. Adding the policy's approval label (GitHub sends ``pull_request`` ``labeled``) starts
+the run of the pull request's head at that moment. The approval covers that head only: a later
+push by the same author waits again until the label is removed and added again, so a maintainer
+has looked at every commit that runs.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from core.identity import slugify
 from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, RELEASE_DEPLOYMENT
+from webhooks.settings import ApprovalPolicies, approval_policies_from_env, policy_for
 
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 RELEASE_ACTIONS = frozenset({"published"})
+APPROVAL_ACTION = "labeled"
+WAITING = "waiting for a maintainer's approval"
 Pipeline = Literal["pr", "merge", "release"]
 
 # SHA-1 object names, or SHA-256 ones for repositories that use them.
@@ -57,9 +68,16 @@ class Ref(_Fields):
 
 
 class PullRequest(_Fields):
+    state: Text = "open"
     draft: bool = False
+    # Absent (never seen from GitHub) counts as untrusted: the gate fails closed.
+    author_association: Text | None = None
     head: Ref
     base: Ref
+
+
+class Label(_Fields):
+    name: Text
 
 
 class PullRequestEvent(_Fields):
@@ -67,6 +85,7 @@ class PullRequestEvent(_Fields):
     number: int = Field(gt=0)
     pull_request: PullRequest
     repository: Repository
+    label: Label | None = None  # the label added, on "labeled"
 
 
 class PushEvent(_Fields):
@@ -133,13 +152,25 @@ def action_of(payload: dict[str, Any]) -> str | None:
     return action[:100] if isinstance(action, str) else None
 
 
-def map_event(event: str, delivery_id: str, payload: dict[str, Any]) -> PipelineRequest | Ignored:
-    """The run this delivery asks for, or why it asks for none; PayloadError if malformed."""
+def map_event(
+    event: str,
+    delivery_id: str,
+    payload: dict[str, Any],
+    approvals: ApprovalPolicies | None = None,
+) -> PipelineRequest | Ignored:
+    """The run this delivery asks for, or why it asks for none; PayloadError if malformed.
+
+    ``approvals`` are the per-repository approval policies; by default ``GANTRY_WEBHOOK_APPROVAL``.
+    """
     if event == "pull_request":
         action = action_of(payload)
+        if action == APPROVAL_ACTION:
+            return _approval(_parse(PullRequestEvent, payload), delivery_id, approvals)
         if action not in PR_ACTIONS:
             return Ignored(reason=f"pull_request action {tag_value(str(action))} starts nothing")
-        return _pull_request(_parse(PullRequestEvent, payload), delivery_id)
+        event_model = _parse(PullRequestEvent, payload)
+        waiting = _waiting(event_model, approvals)
+        return waiting or _pull_request(event_model, delivery_id)
     if event == "push":
         return _push(_parse(PushEvent, payload), delivery_id)
     if event == "release":
@@ -159,13 +190,60 @@ def _tags(pipeline: Pipeline, repository_name: str, delivery_id: str) -> list[st
     ]
 
 
-def _pull_request(event: PullRequestEvent, delivery_id: str) -> PipelineRequest | Ignored:
+def _is_fork(event: PullRequestEvent) -> bool:
+    # A head in another repository, or whose repository was deleted, is a fork: no secrets.
+    head = event.pull_request.head.repo
+    return head is None or head.full_name.lower() != event.repository.full_name.lower()
+
+
+def _waiting(event: PullRequestEvent, approvals: ApprovalPolicies | None) -> Ignored | None:
+    """Why this pull request waits for a maintainer, or None when it may run now."""
+    if not _is_fork(event):
+        # Only people with write access can push a branch to the base repository itself.
+        return None
+    policy = policy_for(
+        approval_policies_from_env() if approvals is None else approvals,
+        event.repository.full_name,
+    )
+    association = event.pull_request.author_association
+    if policy.trusts(association):
+        return None
+    return Ignored(
+        reason=(
+            f"{WAITING}: a fork pull request by a {tag_value(str(association or 'unknown'))} "
+            f"author runs once a maintainer adds the label {policy.approval_label!r} "
+            "(remove and add it again to approve a newer push)"
+        )
+    )
+
+
+def _approval(
+    event: PullRequestEvent, delivery_id: str, approvals: ApprovalPolicies | None
+) -> PipelineRequest | Ignored:
+    """A label was added: the approval label on a waiting pull request starts its head's run."""
+    policy = policy_for(
+        approval_policies_from_env() if approvals is None else approvals,
+        event.repository.full_name,
+    )
+    if event.label is None or event.label.name != policy.approval_label:
+        return Ignored(reason="pull_request action labeled starts nothing (not the approval label)")
+    if event.pull_request.state != "open":
+        return Ignored(reason="the approval label on a closed pull request starts nothing")
+    if _waiting(event, approvals) is None:
+        # A trusted author's pull request already ran on its push; labelling it is not a push.
+        return Ignored(reason="the approval label starts nothing: this pull request needs none")
+    # GitHub lets only people with triage access or more add labels: that is the approval.
+    return _pull_request(event, delivery_id, approved=True)
+
+
+def _pull_request(
+    event: PullRequestEvent, delivery_id: str, approved: bool = False
+) -> PipelineRequest | Ignored:
     pr = event.pull_request
     if pr.draft and event.action != "ready_for_review":
         return Ignored(reason="draft pull request: it runs once marked ready for review")
     base_name = event.repository.full_name
-    # A head in another repository, or whose repository was deleted, is a fork: no secrets.
-    fork = pr.head.repo is None or pr.head.repo.full_name.lower() != base_name.lower()
+    fork = _is_fork(event)
     sha = pr.head.sha
     return PipelineRequest(
         pipeline="pr",
@@ -180,7 +258,11 @@ def _pull_request(event: PullRequestEvent, delivery_id: str) -> PipelineRequest 
             "repository_name": base_name,
         },
         run_name=f"pr-{event.number}-{sha[:7]}",
-        tags=[*_tags("pr", base_name, delivery_id), f"pr:{event.number}"],
+        tags=[
+            *_tags("pr", base_name, delivery_id),
+            f"pr:{event.number}",
+            *(["approved"] if approved else []),
+        ],
         idempotency_key=delivery_id,
         repository_name=base_name,
         pr_number=event.number,

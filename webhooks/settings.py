@@ -6,10 +6,23 @@ would let anyone on the internet start pipelines.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from functools import cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 MIN_SECRET_LENGTH = 16
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -60,6 +73,60 @@ def check_secret(value: SecretStr, name: str) -> SecretStr:
     return value
 
 
+# GitHub's ``author_association`` values of people who may push to the repository or manage it.
+TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+APPROVAL_ENV = "GANTRY_WEBHOOK_APPROVAL"
+DEFAULT_POLICY_KEY = "*"
+
+
+class ApprovalPolicy(BaseModel):
+    """Whose fork pull requests run at once, and the label with which a maintainer lets one run.
+
+    Fail closed: any association not listed as trusted (CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR,
+    FIRST_TIMER, NONE, MANNEQUIN, or a value GitHub adds later) waits for the label.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trusted_associations: tuple[str, ...] = TRUSTED_ASSOCIATIONS
+    approval_label: str = Field(default="gantry:approved", min_length=1, max_length=100)
+
+    @field_validator("trusted_associations")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(item.upper() for item in value)
+
+    def trusts(self, association: str | None) -> bool:
+        return association is not None and association.upper() in self.trusted_associations
+
+
+ApprovalPolicies = dict[str, ApprovalPolicy]
+_POLICIES: TypeAdapter[ApprovalPolicies] = TypeAdapter(ApprovalPolicies)
+
+
+def policy_for(policies: ApprovalPolicies, repository: str) -> ApprovalPolicy:
+    """The repository's own policy (names compared case-insensitively), else "*", else default."""
+    wanted = repository.lower()
+    for name, policy in policies.items():
+        if name.lower() == wanted:
+            return policy
+    return policies.get(DEFAULT_POLICY_KEY) or ApprovalPolicy()
+
+
+@cache
+def _parse_policies(raw: str) -> ApprovalPolicies:
+    return _POLICIES.validate_python(json.loads(raw)) if raw.strip() else {}
+
+
+def approval_policies_from_env() -> ApprovalPolicies:
+    """``GANTRY_WEBHOOK_APPROVAL`` as read now (cached per value, so a changed variable counts).
+
+    ``ReceiverSettings`` validates the same variable at start, so a bad value never gets here
+    in a running receiver.
+    """
+    return _parse_policies(os.environ.get(APPROVAL_ENV, ""))
+
+
 class StoreSettings(BaseSettings):
     """Where deliveries are recorded; all that tools reading the store need (no secret)."""
 
@@ -97,6 +164,11 @@ class ReceiverSettings(StoreSettings):
     webhook_poll_seconds: float = Field(default=30.0, gt=0)
     webhook_backoff_initial: float = Field(default=0.5, gt=0)
     webhook_backoff_cap: float = Field(default=30.0, gt=0)
+    # GANTRY_WEBHOOK_APPROVAL, per repository full name (or "*" for all others): who runs at
+    # once and the approval label, e.g. {"acme/api": {"approval_label": "ok-to-test"}}; see
+    # docs/security.md. Declared here so that a bad value refuses to start the receiver; the
+    # event mapping reads the same variable (``approval_policies_from_env``).
+    webhook_approval: ApprovalPolicies = Field(default_factory=dict)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -122,6 +194,11 @@ def load_settings(**overrides: object) -> ReceiverSettings:
     """Read the settings, turning validation errors into one clear message without values."""
     try:
         return ReceiverSettings(**overrides)  # type: ignore[arg-type]
+    except SourceError as exc:
+        # A JSON-valued variable (GANTRY_WEBHOOK_APPROVAL) that is not JSON; no value shown.
+        found = re.search(r'field "(\w+)"', str(exc))
+        env = f"GANTRY_{found.group(1).upper()}" if found else "a GANTRY_* variable"
+        raise SettingsError(f"the webhook receiver cannot start: {env} is not valid JSON") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

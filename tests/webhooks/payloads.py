@@ -45,6 +45,9 @@ def pull_request(
     head_ref: str = "feature/x",
     head_repo: str | None = BASE,
     draft: bool = False,
+    author_association: str = "MEMBER",
+    label: str | None = None,
+    state: str = "open",
 ) -> dict[str, Any]:
     head_repository = None if head_repo is None else repository(head_repo)
     if head_repository is not None and head_repo != BASE:
@@ -56,13 +59,15 @@ def pull_request(
             "url": f"https://api.github.com/repos/{BASE}/pulls/{number}",
             "id": 1,
             "number": number,
-            "state": "open",
+            "state": state,
             "locked": False,
             "title": "Add a feature; rm -rf / $(id)",
             "body": "`echo pwned`",
             "draft": draft,
             "merged": False,
             "user": sender(),
+            "author_association": author_association,
+            "labels": [] if label is None else [{"id": 1, "name": label, "color": "0e8a16"}],
             "head": {
                 "label": f"x:{head_ref}",
                 "ref": head_ref,
@@ -74,6 +79,8 @@ def pull_request(
         "repository": repository(),
         "sender": sender(),
     }
+    if action == "labeled" and label is not None:
+        payload["label"] = {"id": 1, "name": label, "color": "0e8a16", "default": False}
     if action == "synchronize":
         payload["before"] = SHA2
         payload["after"] = sha
