@@ -57,8 +57,8 @@ def imports_of(path: Path, name: str) -> set[str]:
                 anchor = anchor if is_package else anchor[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            # `from package import module` names a module too.
+            # `from package import module` depends on that module; `from module import name`
+            # on the module (import_graph resolves each to the longest module it names).
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {f for f in found if f.split(".")[0] in ALLOWED}
 
