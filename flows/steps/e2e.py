@@ -11,7 +11,7 @@ from prefect.client.schemas.objects import State
 from flows.config import E2E, Smoke, load_config
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
-from flows.steps.sandbox import run_step
+from flows.steps.sandbox.select import run_step
 
 
 @task(name="e2e", cache_policy=NO_CACHE)

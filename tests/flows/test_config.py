@@ -83,3 +83,24 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_duplicate_image_names_are_refused() -> None:
     with pytest.raises(ConfigError, match="repeated: api"):
         parse_config('[[images]]\nname = "api"\n[[images]]\nname = "api"\n')
+
+
+def test_sandbox_table_and_network_keys_parse_with_defaults() -> None:
+    config = parse_config(
+        '[checks.unit]\ncommand = ["pytest"]\nnetwork = "outside"\n'
+        '[e2e]\ncommand = ["pytest", "e2e"]\n'
+        "[sandbox]\ncpus = 1.5\nmemory_mb = 1024\nprocesses = 128\n"
+    )
+    assert config.checks.unit is not None and config.checks.unit.network == "outside"
+    assert config.e2e is not None and config.e2e.network == "none"
+    assert (config.sandbox.cpus, config.sandbox.memory_mb, config.sandbox.processes) == (
+        1.5,
+        1024,
+        128,
+    )
+    assert parse_config("").sandbox.image is None
+
+
+def test_unknown_network_value_is_refused_with_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"checks\.lint"):
+        parse_config('[checks.lint]\ncommand = ["ruff"]\nnetwork = "host"\n')

@@ -156,7 +156,11 @@ async def open_outside(init_pid: int) -> AsyncIterator[None]:
             "--disable-host-loopback",
             f"--ready-fd={ready_w}",
             f"--exit-fd={exit_r}",
-            str(init_pid),
+            # By path, so it joins the network namespace only: in "pid" mode it would also join
+            # the init's user namespace, which bubblewrap nests below the network namespace's
+            # owner once it drops to uid 65534, and setns then fails with EPERM (a race).
+            "--netns-type=path",
+            f"/proc/{init_pid}/ns/net",
             "tap0",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,

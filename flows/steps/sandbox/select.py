@@ -1,4 +1,4 @@
-"""Sandboxes for repository code: every command a `gantry.toml` declares runs in one.
+"""Which sandbox runner runs a step, and the one call the steps make: ``run_step``.
 
 ``get_runner()`` picks the runner the worker is configured for (``GANTRY_SANDBOX_RUNNER``:
 ``local``, the default, or ``kubernetes``); ``run_step`` is what the steps call.
@@ -80,14 +80,3 @@ async def run_step(
     except SandboxError as exc:
         logger.error("%ssandbox: %s", prefix, exc)
         return ProcResult(spec.argv, None, 0.0, "", error=f"sandbox: {exc}")
-
-
-__all__ = [
-    "Limits",
-    "Network",
-    "SandboxError",
-    "StepRunner",
-    "StepSpec",
-    "get_runner",
-    "run_step",
-]

@@ -20,7 +20,7 @@ import pytest
 
 from flows.config import Sandbox
 from flows.steps.proc import ProcResult
-from flows.steps.sandbox import run_step
+from flows.steps.sandbox.select import run_step
 from flows.steps.sandbox.base import Limits, StepSpec
 from flows.steps.sandbox.local import LocalRunner
 from tests.flows.steps.probe_repo import make_probe_repo, make_unittest_repo
@@ -326,3 +326,34 @@ def test_worker_venv_python_and_tools_work_inside(tmp_path: Path) -> None:
     spec = StepSpec(argv=("python", "-m", "pytest", "--version"), workspace=tmp_path, timeout=60)
     result = run(spec)
     assert result.ok, result.tail
+
+
+OUTSIDE_PROBE = """
+import json, socket, sys
+found = {}
+for host in ("127.0.0.1", "10.0.2.2", "169.254.169.254"):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((host, int(sys.argv[1]))); found[host] = "connected"
+    except OSError as exc:
+        found[host] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="needs slirp4netns")
+def test_outside_network_has_no_route_to_host_loopback_nor_metadata(
+    tmp_path: Path, listener: int
+) -> None:
+    spec = StepSpec(
+        argv=("python3", "-c", OUTSIDE_PROBE, str(listener)),
+        workspace=tmp_path,
+        timeout=30,
+        network="outside",
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    # 10.0.2.2 is slirp4netns's gateway, which would be the host's loopback without
+    # --disable-host-loopback; the metadata address is blackholed inside.
+    assert all(outcome != "connected" for outcome in found.values()), found
