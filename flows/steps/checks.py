@@ -12,7 +12,7 @@ from flows.config import Checks, load_config
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
 from flows.steps.cache import check_cache_key
-from flows.steps.sandbox import run_step
+from flows.steps.sandbox.select import run_step
 
 
 @task(name="check", cache_key_fn=check_cache_key, persist_result=True)

@@ -20,9 +20,9 @@ import pytest
 
 from flows.config import Sandbox
 from flows.steps.proc import ProcResult
-from flows.steps.sandbox.select import run_step
 from flows.steps.sandbox.base import Limits, StepSpec
 from flows.steps.sandbox.local import LocalRunner
+from flows.steps.sandbox.select import run_step
 from tests.flows.steps.probe_repo import make_probe_repo, make_unittest_repo
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
