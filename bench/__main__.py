@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import statistics
 import subprocess
 import tempfile
@@ -34,9 +35,42 @@ from core.ports import free_port, free_port_block
 from core.settings import PR_DEPLOYMENT, StackSettings
 from deployments.demo import prepare_sample_repo
 from deployments.stack import Stack
+from flows.steps.proc import run_argv
+from flows.steps.sandbox.base import StepSpec
+from flows.steps.sandbox.local import LocalRunner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
+
+
+SANDBOX_ROUNDS = 15
+
+
+def sandbox_cost(rounds: int = SANDBOX_ROUNDS) -> dict[str, float]:
+    """Median wall time of a trivial command in the local sandbox and bare, interleaved."""
+    # The same binary on both sides (a bare "python3" may be a slow pyenv shim on the host).
+    argv = ("/usr/bin/python3", "-c", "pass")
+    logger = logging.getLogger("bench.sandbox")
+    runner = LocalRunner()
+
+    async def timed() -> tuple[list[float], list[float]]:
+        bare: list[float] = []
+        boxed: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="gantry-bench-sbx-") as tmp:
+            spec = StepSpec(argv=argv, workspace=Path(tmp), timeout=30)
+            for _ in range(rounds):
+                started = time.perf_counter()
+                await run_argv(argv, Path(tmp), 30, logger)
+                bare.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                result = await runner.run(spec, logger)
+                boxed.append(time.perf_counter() - started)
+                if not result.ok:
+                    raise RuntimeError(f"sandboxed {argv} failed: {result.describe()}")
+        return bare, boxed
+
+    bare, boxed = asyncio.run(timed())
+    return {"bare": statistics.median(bare), "sandbox": statistics.median(boxed)}
 
 
 def direct_step_times() -> dict[str, float]:
@@ -169,6 +203,7 @@ async def measure(
     settings: StackSettings, stack: Stack, deliveries: int, sample: bool
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"step_seconds": STEP_SECONDS}
+    results["sandbox_cost"] = await asyncio.to_thread(sandbox_cost)
     direct = direct_step_times()
     serial = sum(direct.values())
     longest = max(direct.values())
@@ -257,6 +292,14 @@ def report(results: dict[str, Any]) -> Table:
     )
     mean = pr["overhead_per_step_mean"]
     table.add_row("overhead per step (task - command)", f"{mean:.3f} s" if mean else "n/a", "", "")
+    box = results.get("sandbox_cost")
+    if box:
+        table.add_row(
+            "sandbox cost per step (/usr/bin/python3 -c pass, median)",
+            f"{box['sandbox'] * 1000:.0f} ms (+{(box['sandbox'] - box['bare']) * 1000:.0f} ms)",
+            f"bare {box['bare'] * 1000:.0f} ms",
+            f"{box['sandbox'] / box['bare']:.2f}x",
+        )
     ack = results.get("webhook_ack")
     if ack:
         table.add_row(
