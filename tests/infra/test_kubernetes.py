@@ -3,6 +3,7 @@ against the Kubernetes API schemas, then the properties that matter pinned."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.skipif(KUBECTL is None, reason=NO_KUBECTL)
 
 KUBERNETES_VERSION = "1.32.0"
 TARGET_NAMESPACES = {"staging", "production"}
+STEPS = "gantry-steps"
+# Addresses no step may reach: cloud metadata, the API server's default Service address, a
+# typical pod address (the Prefect server's), loopback.
+FORBIDDEN_ADDRESSES = ("169.254.169.254", "10.96.0.1", "10.244.1.7", "172.20.0.10", "127.0.0.1")
 
 Manifest = dict[str, Any]
 
@@ -116,7 +121,7 @@ def test_production_receiver_keeps_more_replicas_than_staging() -> None:
 
 
 @pytest.mark.parametrize("overlay", ENVIRONMENTS)
-def test_deployer_may_act_only_in_staging_and_production(overlay: str) -> None:
+def test_deployer_may_act_only_in_staging_production_and_the_steps_namespace(overlay: str) -> None:
     assert not list(of_kind(overlay, "ClusterRole"))
     assert not list(of_kind(overlay, "ClusterRoleBinding"))
     bindings = [
@@ -124,7 +129,7 @@ def test_deployer_may_act_only_in_staging_and_production(overlay: str) -> None:
         for doc in of_kind(overlay, "RoleBinding")
         if any(subject["name"] == "gantry-deployer" for subject in doc["subjects"])
     ]
-    assert {doc["metadata"]["namespace"] for doc in bindings} == TARGET_NAMESPACES
+    assert {doc["metadata"]["namespace"] for doc in bindings} == TARGET_NAMESPACES | {STEPS}
 
 
 @pytest.mark.parametrize("overlay", ENVIRONMENTS)
@@ -140,3 +145,114 @@ def test_deployer_role_cannot_read_secrets_delete_or_escalate(overlay: str) -> N
             assert "secrets" not in rule["resources"]
             assert not {"roles", "rolebindings"} & set(rule["resources"])
             assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
+
+
+def steps_policies(overlay: str) -> list[Manifest]:
+    return [
+        doc for doc in of_kind(overlay, "NetworkPolicy") if doc["metadata"]["namespace"] == STEPS
+    ]
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_the_steps_namespace_enforces_restricted_pod_security(overlay: str) -> None:
+    labels = find(overlay, "Namespace", STEPS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    quota = find(overlay, "ResourceQuota", STEPS)["spec"]["hard"]
+    assert {"pods", "limits.cpu", "limits.memory"} <= set(quota)
+    assert quota["services"] == "0" and quota["secrets"] == "0"
+    (limits,) = find(overlay, "LimitRange", STEPS)["spec"]["limits"]
+    assert {"cpu", "memory"} <= set(limits["default"]) and {"cpu", "memory"} <= set(limits["max"])
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_step_runner_may_only_run_pods_and_read_their_logs_in_the_steps_namespace(
+    overlay: str,
+) -> None:
+    role = find(overlay, "Role", "gantry-step-runner")
+    assert role["metadata"]["namespace"] == STEPS
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        *(("pods", verb) for verb in ("create", "get", "list", "watch", "delete")),
+        ("pods/log", "get"),
+    }
+    binding = find(overlay, "RoleBinding", "gantry-step-runner")
+    assert binding["metadata"]["namespace"] == STEPS
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gantry-deployer", "namespace": "gantry"}
+    ]
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_every_step_pod_starts_from_deny_all_ingress_and_egress(overlay: str) -> None:
+    deny = find(overlay, "NetworkPolicy", "gantry-steps-default-deny")["spec"]
+    assert deny["podSelector"] == {}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "egress" not in deny and "ingress" not in deny
+    for policy in steps_policies(overlay):
+        assert "ingress" not in policy["spec"], "nothing may connect to a step"
+
+
+def reachable(peer: Manifest, address: str) -> bool:
+    block = peer.get("ipBlock")
+    if block is None:
+        return False
+    ip = ipaddress.ip_address(address)
+    network = ipaddress.ip_network(block["cidr"])
+    if ip.version != network.version or ip not in network:
+        return False
+    return not any(
+        ip in ipaddress.ip_network(excepted)
+        for excepted in block.get("except", [])
+        if ipaddress.ip_network(excepted).version == ip.version
+    )
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_no_step_policy_reaches_metadata_the_api_server_or_gantry(overlay: str) -> None:
+    policies = steps_policies(overlay)
+    assert {p["metadata"]["name"] for p in policies} >= {
+        "gantry-steps-default-deny",
+        "gantry-steps-checkout",
+        "gantry-steps-target",
+        "gantry-steps-outside",
+    }
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                for address in FORBIDDEN_ADDRESSES:
+                    assert not reachable(peer, address), (policy["metadata"]["name"], address)
+                # Pod or namespace peers: only DNS in kube-system, or the deploy targets.
+                namespaces = (peer.get("namespaceSelector") or {}).get("matchLabels")
+                if namespaces is not None:
+                    assert namespaces in (
+                        {"kubernetes.io/metadata.name": "kube-system"},
+                        {"gantry.dev/deploy-target": "true"},
+                    )
+                    assert "gantry" not in str(namespaces.values()).replace("gantry.dev", "")
+                if namespaces == {"kubernetes.io/metadata.name": "kube-system"}:
+                    assert {p["port"] for p in rule["ports"]} == {53}
+                assert peer.get("podSelector") in (None, {"matchLabels": {"k8s-app": "kube-dns"}})
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_only_pods_labelled_for_the_outside_reach_public_addresses(overlay: str) -> None:
+    by_name = {p["metadata"]["name"]: p["spec"] for p in steps_policies(overlay)}
+    outside = by_name["gantry-steps-outside"]
+    assert outside["podSelector"]["matchLabels"]["gantry.dev/network"] == "outside"
+    (rule,) = outside["egress"]
+    assert any(reachable(peer, "93.184.215.14") for peer in rule["to"])
+    for name, spec in by_name.items():
+        if name == "gantry-steps-outside":
+            continue
+        for egress in spec.get("egress", []):
+            for peer in egress.get("to", []):
+                # The Git host for the checkout, on HTTPS only; nothing else public.
+                if "ipBlock" in peer:
+                    assert name == "gantry-steps-checkout"
+                    assert ipaddress.ip_network(peer["ipBlock"]["cidr"]).num_addresses <= 4096
+                    assert {p["port"] for p in egress["ports"]} == {443}
