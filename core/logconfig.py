@@ -1,26 +1,31 @@
 """JSON logs, one object per line, with secrets masked and run context attached.
 
-Prefect processes (server, worker, flow runs) read ``deployments/logging.yml`` when started with
+Prefect processes (server, worker, flow runs) read ``core/logging.yml`` when started with
 ``logging_env()``; other processes (the webhook receiver, CLI background services) call
-``configure_json_logging()``. ``bind(...)`` adds fields such as ``delivery_id`` to every record
-logged inside it, in this thread or task and the ones it starts with a copied context.
+``configure_json_logging()``. Both format with python-json-logger, set up for Gantry's fields.
+``bind(...)`` adds fields such as ``delivery_id`` to every record logged inside it, in this
+thread or task and the ones it starts with a copied context.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.config
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import date
+from datetime import time as dt_time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from core.redact import RedactingFilter, redact, redact_value
+import pythonjsonlogger.json
+from pythonjsonlogger.core import RESERVED_ATTRS
+
+from core.redact import RedactingFilter, redact_value
 
 LOGGING_CONFIG_PATH = Path(__file__).with_name("logging.yml")
 
@@ -42,13 +47,21 @@ _bound: ContextVar[Mapping[str, object]] = ContextVar(
     "gantry_log_fields", default=MappingProxyType({})
 )
 
-# Attributes every LogRecord has; anything else on a record came from ``extra=`` or a filter.
-_STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "taskName"}
-)
 # Prefect's own bookkeeping on records, not worth a field on every line.
-_SKIPPED_EXTRAS = frozenset({"send_to_api", "worker_id"})
+_SKIPPED_EXTRAS = ("send_to_api", "worker_id")
+# python-json-logger's names for the record's fields -> the names our lines have always used.
+_RENAMED = MappingProxyType(
+    {
+        "asctime": "timestamp",
+        "levelname": "level",
+        "name": "logger",
+        "exc_info": "exception",
+        "stack_info": "stack",
+    }
+)
+# Field order of a line: what a reader scans for first, the traceback last.
+_LEADING = ("timestamp", "level", "logger", "message", *CONTEXT_FIELDS)
+_TRAILING = ("exception", "stack")
 
 
 @contextmanager
@@ -103,8 +116,10 @@ class ContextFilter(logging.Filter):
 
 
 def _jsonable(value: object) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
+    # Objects become their ``str`` here, before redaction: left to the JSON encoder, a secret
+    # inside an object's text would only appear after the masking.
+    if value is None or isinstance(value, bool | int | float | str | date | dt_time):
+        return value  # python-json-logger writes dates and times as ISO 8601
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -112,49 +127,48 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: timestamp, level, logger, message, context, extras.
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """python-json-logger's formatter with Gantry's field names, run context and redaction.
 
-    Prefect's own JSON formatter dumps the raw record (unformatted ``msg`` and ``args``); ours
-    writes the rendered, redacted message and the named context fields. Strings are redacted
-    again here so the formatter is safe even on a handler that lacks ``RedactingFilter``.
+    One object per record: ``timestamp`` (UTC, milliseconds), ``level``, ``logger``, ``message``,
+    the context fields that are known, any ``extra=`` fields, then ``exception`` and ``stack``.
+    Every string is redacted again here so the formatter is safe even on a handler that lacks
+    ``RedactingFilter``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # dictConfig passes fmt/datefmt/style; a JSON line has no use for them.
-        super().__init__()
+    # ``formatTime`` without a ``datefmt``: ISO 8601 in UTC with milliseconds and a "Z".
+    converter = staticmethod(time.gmtime)
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
-    def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, UTC)
-        line: dict[str, object] = {
-            "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": redact(record.getMessage()),
+    def __init__(self, **options: Any) -> None:
+        # The fields are Gantry's contract (docs/observability.md); a logging config may still
+        # set other python-json-logger options (json_indent, prefix, ...).
+        defaults: dict[str, Any] = {
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": dict(_RENAMED),
+            "reserved_attrs": [*RESERVED_ATTRS, "taskName", *_SKIPPED_EXTRAS],
+            "json_ensure_ascii": False,
         }
-        known = {**_prefect_run_fields(), **_bound.get()}
-        for key in CONTEXT_FIELDS:
-            value = getattr(record, key, None)
-            if value is None:
-                value = known.get(key)
-            if value is not None:
-                line[key] = redact_value(_jsonable(value))
-        for key, value in vars(record).items():
-            if key in line or key in _STANDARD_ATTRS or key in _SKIPPED_EXTRAS:
-                continue
-            if key.startswith("_"):
-                continue
-            line[key] = redact_value(_jsonable(value))
-        for key, value in known.items():
-            line.setdefault(key, redact_value(_jsonable(value)))
-        exc_text = record.exc_text
-        if record.exc_info and record.exc_info[0] is not None and not exc_text:
-            exc_text = self.formatException(record.exc_info)
-        if exc_text:
-            line["exception"] = redact(exc_text)
-        if record.stack_info:
-            line["stack"] = redact(record.stack_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        super().__init__(**{**defaults, **options})
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        # Bound fields and the Prefect run context, for records that did not pass ContextFilter.
+        for key, value in {**_prefect_run_fields(), **_bound.get()}.items():
+            if log_data.get(key) is None:
+                log_data[key] = value
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        leading = {key: log_data.pop(key) for key in _LEADING if key in log_data}
+        trailing = {key: log_data.pop(key) for key in _TRAILING if key in log_data}
+        return {
+            key: redact_value(_jsonable(value))
+            for key, value in {**leading, **log_data, **trailing}.items()
+            if value is not None or key not in CONTEXT_FIELDS
+        }
 
 
 def logging_env() -> dict[str, str]:

@@ -29,10 +29,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging.loggers import get_worker_logger
@@ -49,45 +49,72 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 AnyWorker = BaseWorker[Any, Any, Any]
 
 
-async def _poll_with_heartbeat(
-    worker: AnyWorker, poll: Callable[[], Awaitable[list[FlowRun]]]
-) -> list[FlowRun]:
-    # Until its first sync, Prefect's poll returns [] without asking the API: counting those
-    # would make a worker that cannot reach the API look healthy.
-    asks_the_api = worker._has_successfully_synced
-    flow_runs = await poll()
-    if asks_the_api:
-        environment = os.environ.get(ENV_ENVIRONMENT, "").strip() or None
-        get_metrics().worker_heartbeat(worker._work_pool_name, environment)
-    return flow_runs
+# At run time the mixin is a plain class: a subclass of BaseWorker would register itself in
+# Prefect's worker type registry. mypy checks it against BaseWorker all the same.
+if TYPE_CHECKING:
+    _WorkerBase = AnyWorker
+else:
+    _WorkerBase = object
 
 
-class GantryProcessWorker(ProcessWorker):
+class _HeartbeatMixin(_WorkerBase):
+    """Sends ``gantry.worker.heartbeat`` after each poll that asked the Prefect API."""
+
+    # The work pool's name once a sync with the API found the pool, None before that.
+    _synced_pool: str | None = None
+
+    async def setup(self) -> None:
+        # Prefect starts every setup unsynchronized, so a restarted worker counts again only
+        # after its first sync.
+        self._synced_pool = None
+        await super().setup()
+
+    async def sync_with_backend(self) -> None:
+        await super().sync_with_backend()
+        # Prefect's poll skips the API (returns [] at once) until a sync has recorded the work
+        # pool; a sync that raised or found no pool leaves the worker as it was.
+        try:
+            self._synced_pool = self.work_pool.name
+        except RuntimeError:  # the pool is not known yet
+            return
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        # Decided before the poll: counting the polls Prefect answers without the API would make
+        # a worker that cannot reach it look healthy. A poll that raised sends nothing.
+        pool = self._synced_pool
+        flow_runs = await super().get_and_submit_flow_runs()
+        if pool is not None:
+            environment = os.environ.get(ENV_ENVIRONMENT, "").strip() or None
+            get_metrics().worker_heartbeat(pool, environment)
+        return flow_runs
+
+
+# Prefect registers each worker class under ``__dispatch_key__()``, which is its ``type``. Ours
+# keep ``type`` (pools, the API and the UI must see ordinary process/kubernetes workers), so they
+# override the key: with Prefect's, they would replace ProcessWorker and KubernetesWorker in the
+# registry. Prefect has no public way to register under another key;
+# tests/deployments/test_prefect_private_uses.py fails if the hook goes away.
+class GantryProcessWorker(_HeartbeatMixin, ProcessWorker):
     """Prefect's process worker, sending a heartbeat after each successful poll."""
 
     @classmethod
     def __dispatch_key__(cls) -> str:
         return "gantry-process"
 
-    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        return await _poll_with_heartbeat(self, super().get_and_submit_flow_runs)
-
 
 # prefect_kubernetes ships no type information, so its worker is Any to mypy.
-class GantryKubernetesWorker(KubernetesWorker):  # type: ignore[misc]
+class GantryKubernetesWorker(_HeartbeatMixin, KubernetesWorker):  # type: ignore[misc]
     """Prefect's Kubernetes worker, sending a heartbeat after each successful poll."""
 
     @classmethod
     def __dispatch_key__(cls) -> str:
         return "gantry-kubernetes"
 
-    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        return await _poll_with_heartbeat(self, super().get_and_submit_flow_runs)
-
 
 WORKER_CLASSES: dict[str, type[AnyWorker]] = {
     "process": GantryProcessWorker,
-    "kubernetes": GantryKubernetesWorker,
+    # mypy sees BaseWorker's abstract run() but not the untyped KubernetesWorker's.
+    "kubernetes": GantryKubernetesWorker,  # type: ignore[type-abstract]
 }
 
 

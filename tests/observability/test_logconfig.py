@@ -11,8 +11,10 @@ import sys
 import threading
 from contextvars import copy_context
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from core.logconfig import (
     LOGGING_CONFIG_PATH,
@@ -201,3 +203,37 @@ def test_prefect_processes_log_json_lines_and_send_redacted_lines_to_the_api(
     crashed = by_message["step crashed"]
     assert crashed["repository"] == "acme/api"
     assert "RuntimeError: failed with [redacted]" in crashed["exception"]
+
+
+def _logging_config(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text())
+    assert isinstance(config, dict)
+    return config
+
+
+def test_the_prefect_logging_config_differs_from_prefects_own_only_where_gantry_changes_it() -> (
+    None
+):
+    # Prefect reads our file instead of its own, never both: a logger or handler that a Prefect
+    # upgrade adds to its logging.yml must be added to core/logging.yml too.
+    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH
+
+    prefects = _logging_config(DEFAULT_LOGGING_SETTINGS_PATH)
+    ours = _logging_config(LOGGING_CONFIG_PATH)
+    upgrade_hint = (
+        f"Prefect's {DEFAULT_LOGGING_SETTINGS_PATH} changed: bring core/logging.yml in line"
+    )
+
+    assert {k: v for k, v in ours["loggers"].items() if k != "gantry"} == prefects["loggers"], (
+        upgrade_hint
+    )
+    assert ours["root"] == prefects["root"], upgrade_hint
+    assert ours["handlers"].keys() == prefects["handlers"].keys(), upgrade_hint
+    for name, handler in prefects["handlers"].items():
+        assert ours["handlers"][name]["level"] == handler["level"], upgrade_hint
+        if "formatter" not in handler:
+            # The API handlers: Prefect's own classes, with the filters added.
+            assert ours["handlers"][name]["class"] == handler["class"], upgrade_hint
+    for name, handler in ours["handlers"].items():
+        assert handler["filters"] == ["context", "redact"], name
+        assert handler.get("formatter", "json") == "json", name

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients.metrics import Metrics
+from clients.metrics import Metrics, set_metrics
 from core.logconfig import logging_env
 from core.ports import free_port
 from deployments.prefect_server import PrefectServer
@@ -69,6 +69,45 @@ def test_heartbeat_never_carries_two_env_tags(
     Metrics("127.0.0.1", statsd.port).worker_heartbeat("gantry-kubernetes", "production")
     (datagram,) = statsd.receive(1)
     assert sorted(datagram.tags) == ["env:production", "work_pool:gantry-kubernetes"]
+
+
+# --- the worker in this process -----------------------------------------------------------------
+
+
+def test_a_worker_that_never_synced_skips_the_api_and_sends_no_heartbeat(
+    statsd: StatsdListener,
+) -> None:
+    from deployments.worker import GantryProcessWorker
+
+    set_metrics(Metrics("127.0.0.1", statsd.port))
+    worker = GantryProcessWorker(work_pool_name="never-synced")
+    # Not set up, so it has no API client: Prefect's poll must return before asking the API.
+    assert asyncio.run(worker.get_and_submit_flow_runs()) == []
+    assert statsd.nothing_within(0.5)
+
+
+@pytest.mark.slow
+def test_a_synced_worker_sends_one_heartbeat_per_poll_in_process(
+    prefect_server: PrefectServer,
+    work_pool: str,
+    statsd: StatsdListener,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deployments.worker import GantryProcessWorker
+
+    del prefect_server
+    monkeypatch.delenv("DD_ENV", raising=False)
+    set_metrics(Metrics("127.0.0.1", statsd.port))
+
+    async def poll_twice() -> None:
+        async with GantryProcessWorker(work_pool_name=work_pool) as worker:
+            await worker.get_and_submit_flow_runs()
+            await worker.get_and_submit_flow_runs()
+
+    asyncio.run(poll_twice())
+    datagrams = statsd.receive(2)
+    assert {d.tags for d in datagrams} == {(f"work_pool:{work_pool}",)}
+    assert statsd.nothing_within(0.5)
 
 
 # --- Prefect's worker type registry -------------------------------------------------------------
