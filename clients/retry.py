@@ -43,7 +43,8 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to sleep after failed try ``attempt`` (from 1), with equal jitter: between
         half the ceiling and the ceiling, so calls failing together do not retry in lockstep."""
-        ceiling = min(self.backoff_cap, self.backoff * 2 ** (attempt - 1))
+        # The exponent is capped: a loop that counts failures for hours must not overflow.
+        ceiling = min(self.backoff_cap, self.backoff * 2 ** min(max(attempt - 1, 0), 30))
         return _random.uniform(ceiling / 2, ceiling)
 
 

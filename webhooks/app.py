@@ -23,8 +23,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from clients.metrics import WebhookOutcome, get_metrics
+from clients.retry import RetryPolicy
 from core.logconfig import bind
-from webhooks.dispatcher import Backoff, ClientFactory, Dispatcher
+from webhooks.dispatcher import ClientFactory, Dispatcher
 from webhooks.events import Ignored, PayloadError, action_of, map_event
 from webhooks.settings import ReceiverSettings
 from webhooks.signature import HEADER, SignatureError, check_format, verify
@@ -204,7 +205,9 @@ def create_app(
     dispatcher = Dispatcher(
         opened,
         poll_seconds=settings.webhook_poll_seconds,
-        backoff=Backoff(settings.webhook_backoff_initial, settings.webhook_backoff_cap),
+        backoff=RetryPolicy(
+            backoff=settings.webhook_backoff_initial, backoff_cap=settings.webhook_backoff_cap
+        ),
         client_factory=client_factory,
     )
     receiver = Receiver(settings, opened, dispatcher)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +30,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling
 
 from clients.metrics import get_metrics
+from clients.retry import RetryPolicy
 from core.logconfig import bind
 from webhooks.events import PipelineRequest
 from webhooks.store import Delivery, DeliveryStore
@@ -44,19 +43,6 @@ ClientFactory = Callable[[], PrefectClient]
 
 class PrefectUnavailable(Exception):
     """The Prefect API could not take a flow run now; the delivery stays pending."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter, never longer than ``cap`` seconds."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, failures: int) -> float:
-        ceiling = min(self.cap, self.initial * 2 ** min(max(failures - 1, 0), 30))
-        # Jitter keeps several receivers from retrying in step against a recovering server.
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -81,14 +67,15 @@ class Dispatcher:
         store: DeliveryStore,
         *,
         poll_seconds: float = 30.0,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         batch: int = 100,
         max_attempts: int = 100,
         client_factory: ClientFactory = get_client,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
-        self.backoff = backoff or Backoff()
+        # Prefect being down is retried for as long as it lasts: only the delay policy is shared.
+        self.backoff = backoff or RetryPolicy(backoff=0.5, backoff_cap=30.0)
         self.batch = batch
         self.max_attempts = max_attempts
         self.client_factory = client_factory
