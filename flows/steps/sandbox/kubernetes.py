@@ -149,7 +149,7 @@ def pod_manifest(
 ) -> dict[str, Any]:
     """The Pod for one step; every field that isolates it is set here, none left to defaults."""
     env = {**spec.env, "CI": "true", "HOME": "/tmp"}  # noqa: S108 - the pod's own emptyDir
-    if spec.network == "target" and spec.target_url:
+    if spec.target_url and spec.network in ("target", "outside"):
         env["GANTRY_TARGET_URL"] = spec.target_url
     # The emptyDir mount point belongs to root; git inside the step would refuse it otherwise.
     env.update(
