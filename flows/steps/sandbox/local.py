@@ -306,8 +306,12 @@ class LocalRunner:
         exit_code = None if timed_out else proc.returncode
         error = None
         last = tail[-1] if tail else ""
+        # Worded as run_argv words it: the same missing tool reads the same, sandbox or not.
         if exit_code in (1, 126, 127) and last.startswith(f"bwrap: execvp {args[0]}"):
-            error = f"command not found or not executable in the sandbox: {args[0]!r}"
+            if last.endswith("No such file or directory"):
+                error = f"command not found: {args[0]!r} is not on PATH"
+            else:
+                error = f"command not executable: {args[0]!r}"
         return ProcResult(
             args, exit_code, seconds, "\n".join(tail), timed_out=timed_out, error=error
         )
