@@ -127,7 +127,9 @@ class Receiver:
             mapped: Any = Ignored(reason="ping")
         else:
             try:
-                mapped = map_event(event, delivery_id, payload)
+                mapped = map_event(
+                    event, delivery_id, payload, approvals=self.settings.webhook_approval
+                )
             except PayloadError as exc:
                 logger.warning("rejected %s delivery: %s", event, exc)
                 return self._reject(422, str(exc))
