@@ -288,7 +288,10 @@ class LocalRunner:
         # The init is parked on --block-fd: it is moved into the limits and given its network
         # before the command exists, so nothing it starts is ever outside either.
         if group is not None:
-            group.add(init_pid)
+            try:
+                group.add(init_pid)
+            except OSError as exc:
+                raise SandboxError(f"cannot apply the limits: {exc}") from exc
         if spec.network == "outside":
             await stack.enter_async_context(open_outside(init_pid))
         os.write(block_w, b"go")
