@@ -2,31 +2,47 @@
 
 Gantry does not define new block types for these: prefect-docker's ``DockerHost`` (where the
 Docker Engine API is) and ``DockerRegistryCredentials`` (who we are to a registry) already hold
-them, with the password as ``SecretStr``. This module turns them into clients, and makes
-registry credentials for ECR from prefect-aws' ``AwsCredentials``.
+them, with the password as ``SecretStr``. This module turns them into clients, loads the push
+credentials (a saved block wins over the environment), and makes registry credentials for ECR
+from prefect-aws' ``AwsCredentials``.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import docker
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from prefect.context import FlowRunContext
+from prefect.settings import get_current_settings
 from prefect_docker import DockerHost, DockerRegistryCredentials
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
+
+from core.redact import register_model_secrets
 
 __all__ = [
+    "DEFAULT_REGISTRY_BLOCK",
     "DockerHost",
     "DockerRegistryCredentials",
     "EcrLoginError",
     "auth_config",
     "docker_client",
     "ecr_credentials",
+    "load_registry_credentials",
+    "registry_credentials_from_env",
 ]
+
+logger = logging.getLogger("gantry.registry")
 
 # Builds and pushes of large images take longer than docker-py's 60 s default.
 DEFAULT_TIMEOUT = 600
+DEFAULT_REGISTRY_BLOCK = "gantry-registry"
+ENV_REGISTRY_USERNAME = "GANTRY_REGISTRY_USERNAME"
+ENV_REGISTRY_PASSWORD = "GANTRY_REGISTRY_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 
 
 class EcrLoginError(RuntimeError):
@@ -46,6 +62,78 @@ def auth_config(credentials: DockerRegistryCredentials) -> dict[str, str]:
     """The ``auth_config`` for one push; it goes to the engine, never into a log."""
     password: SecretStr = credentials.password
     return {"username": credentials.username, "password": password.get_secret_value()}
+
+
+def _registry_host(address: str) -> str:
+    return address.strip().removeprefix("https://").removeprefix("http://").rstrip("/").lower()
+
+
+def registry_credentials_from_env(
+    registry: str, env: Mapping[str, str] | None = None
+) -> DockerRegistryCredentials | None:
+    """``GANTRY_REGISTRY_USERNAME`` / ``_PASSWORD`` for ``registry``; None when either is unset."""
+    env = os.environ if env is None else env
+    username = env.get(ENV_REGISTRY_USERNAME, "").strip()
+    password = env.get(ENV_REGISTRY_PASSWORD, "")
+    if not username or not password:
+        return None
+    credentials = DockerRegistryCredentials(
+        username=username, password=SecretStr(password), registry_url=registry
+    )
+    register_model_secrets(credentials)
+    return credentials
+
+
+def _prefect_api_reachable() -> bool:
+    # Without an API URL outside a flow run, reading a block would start a throwaway
+    # ephemeral server just to find nothing: skip straight to the environment.
+    return bool(get_current_settings().api.url) or FlowRunContext.get() is not None
+
+
+async def _saved_block(block_name: str) -> DockerRegistryCredentials | None:
+    try:
+        block = await DockerRegistryCredentials.aload(block_name)
+    except ValidationError as exc:
+        # Never str(exc): pydantic echoes the rejected input, which may be the password.
+        logger.warning(
+            "the saved %r registry block is invalid (%d errors): using the environment",
+            block_name,
+            exc.error_count(),
+        )
+    except ValueError:
+        logger.debug("no saved %r block: using the environment", block_name)
+    except Exception as exc:  # the server being down must not stop a pipeline
+        logger.warning(
+            "could not read the %r registry block (%s): using the environment",
+            block_name,
+            type(exc).__name__,
+        )
+    else:
+        register_model_secrets(block)
+        return block
+    return None
+
+
+async def load_registry_credentials(
+    registry: str, block_name: str | None = DEFAULT_REGISTRY_BLOCK
+) -> DockerRegistryCredentials | None:
+    """Push credentials for ``registry``: the saved block, else the environment, else None.
+
+    A saved block issued for another registry is not used: credentials go only to the registry
+    they name, never to whichever address a run pushes to.
+    """
+    if block_name and _prefect_api_reachable():
+        block = await _saved_block(block_name)
+        if block is not None:
+            if _registry_host(block.registry_url) == _registry_host(registry):
+                return block
+            logger.warning(
+                "the saved %r registry block is for %s, not %s: not using it",
+                block_name,
+                block.registry_url,
+                registry,
+            )
+    return registry_credentials_from_env(registry)
 
 
 def ecr_credentials(

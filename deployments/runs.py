@@ -24,6 +24,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
+from core.links import flow_run_url
 from flows.records.summary import summary_key
 from flows.steps.checkout import SHA_RE
 
@@ -151,7 +152,7 @@ async def run_pipeline(
         flow_run: FlowRun = await created if inspect.isawaitable(created) else created
     except Exception as exc:
         raise RunError(f"cannot start {deployment}: {exc}") from exc
-    url = f"{ui_url}/runs/flow-run/{flow_run.id}"
+    url = flow_run_url(flow_run.id, ui_url) or ui_url
     progress(f"{pipeline} run {flow_run.name} created: {url}")
     last = ""
     paused_key: object = None
@@ -272,6 +273,6 @@ async def last_runs(ui_url: str) -> dict[str, dict[str, str]]:
                 found[pipeline] = {
                     "name": run.name,
                     "state": (run.state.name if run.state else None) or "unknown",
-                    "url": f"{ui_url}/runs/flow-run/{run.id}",
+                    "url": flow_run_url(run.id, ui_url) or ui_url,
                 }
     return found

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from prefect.client.schemas.objects import FlowRun
 
+from core.links import flow_run_url
 from core.settings import RELEASE_DEPLOYMENT, StackSettings
 from deployments.cli.console import (
     JsonFlag,
@@ -32,7 +33,7 @@ def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> Run
     async def paused(flow_run: FlowRun) -> bool:
         err.print(
             f"\n[bold]{flow_run.name} waits for an approval[/bold]: answer in the Prefect UI "
-            f"({prefect_url}/runs/flow-run/{flow_run.id}) or with\n"
+            f"({flow_run_url(flow_run.id, prefect_url)}) or with\n"
             f"  gantry approve {flow_run.id} --as USER\n"
             f"  gantry reject {flow_run.id} --as USER --reason TEXT\n",
             highlight=False,

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import random
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import httpx
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
+from clients.retry import RetryPolicy, retry_call
 from core.ports import free_port
 from flows.config import Image
 from flows.deploy.targets import DeployError, DeployOutcome, DeployRequest, Environment
@@ -31,21 +31,29 @@ LABEL = "dev.gantry"
 
 # Podman can refuse to remove a container it is still tearing down ("device or resource busy");
 # a moment later it succeeds. Bounded and jittered, so a real failure still surfaces quickly.
-REMOVE_ATTEMPTS = 6
+REMOVE_POLICY = RetryPolicy(attempts=6, backoff=0.5, backoff_cap=2.0, max_wait=8.0)
+
+
+def _still_busy(exc: Exception) -> bool:
+    return isinstance(exc, APIError) and "busy" in str(exc).lower()
 
 
 def remove_container(container: Container) -> None:
     """Force-remove ``container``; gone already counts as removed."""
-    for attempt in range(1, REMOVE_ATTEMPTS + 1):
+
+    def remove() -> None:
         try:
             container.remove(force=True)
-            return
         except NotFound:
             return
-        except APIError as exc:
-            if attempt == REMOVE_ATTEMPTS or "busy" not in str(exc).lower():
-                raise
-            time.sleep(random.uniform(0.25, 0.5) * attempt)  # noqa: S311 - jitter, not security
+
+    retry_call(
+        remove,
+        transient=_still_busy,
+        policy=REMOVE_POLICY,
+        what=f"removing container {container.name}",
+        logger=step_logger("deploy"),
+    )
 
 
 class PortSlots:

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from blocks.release import DEFAULT_BLOCK_NAME, load_policy
 from clients.metrics import load_metrics
 from core.identity import repository_slug
+from core.links import flow_run_url
 from flows.config import ConfigError, load_config
 from flows.deploy.runtime import deploy_target
 from flows.deploy.stage import deploy_images, deploy_lock
@@ -196,7 +197,9 @@ async def release_pipeline(
         previous_images=data.get("previous_images", {}),
     )
     await record_release(record)
-    await announce_release(record, flow_run.get_flow_run_ui_url())
+    # Not prefect.runtime's get_flow_run_ui_url: its route is not the one in url_for's table of
+    # UI routes, and it answers "None/..." when no UI address is set.
+    await announce_release(record, flow_run_url(flow_run.get_id()))
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
     return await finish(context, [approval, *stages], started, data)
 

@@ -15,12 +15,12 @@ from typing import Any, Literal, Self, TypeVar
 from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from prefect.settings import get_current_settings
 
 from blocks.github import DEFAULT_BLOCK_NAME, GitHubCredentials, load_github_credentials
 from clients.github import GitHubClient, RetryPolicy, truncate
 from clients.github_errors import GitHubError, redact
 from clients.github_models import CommitState
+from core.links import flow_run_url as flow_run_url  # re-exported: history links runs too
 from flows.results import StageResult, StageStatus
 
 logger = logging.getLogger("gantry.report")
@@ -48,15 +48,6 @@ def _flow_run_id() -> str | None:
     if context is None or context.flow_run is None:
         return None
     return str(context.flow_run.id)
-
-
-def flow_run_url(ui_url: str | None = None, flow_run_id: str | None = None) -> str | None:
-    """The Prefect UI page of the current (or given) flow run, or None when either is unknown."""
-    base = ui_url or get_current_settings().ui_url
-    run_id = flow_run_id or _flow_run_id()
-    if not base or not run_id:
-        return None
-    return f"{base.rstrip('/')}/runs/flow-run/{run_id}"
 
 
 def _first_line(text: str) -> str:
@@ -145,7 +136,7 @@ class StatusReporter:
 
     @property
     def target_url(self) -> str | None:
-        return flow_run_url(self._ui_url, self._flow_run_id)
+        return flow_run_url(self._flow_run_id or _flow_run_id(), self._ui_url)
 
     def context(self, stage: str) -> str:
         return f"{self.context_prefix}/{stage}"

@@ -1,9 +1,17 @@
 """Content-addressed step cache: a passing result is re-used when its inputs have not changed.
 
 The key is the git tree hash of the files a step reads (the whole tree, or the `inputs` globs of
-gantry.toml) plus the step's own configuration. Prefect stores the result (result persistence) and
-looks it up by this key; it caches only Completed task runs, and a failed check ends Failed, so a
-failure is never re-used.
+gantry.toml) plus everything else that decides the outcome: the step's command and environment,
+and the toolchain it runs on. Prefect stores the result (result persistence) and looks it up by
+this key; it caches only Completed task runs, and a failed check ends Failed, so a failure is
+never re-used.
+
+Trust: results are written only by the trusted side. The step's command runs in its sandbox and
+reports nothing but its exit code and output; Prefect's result persistence in the worker (or the
+in-process flow run) serializes the ``StageResult`` into the worker's own result storage, which
+no sandbox can reach. What a fork's run produced may still be wrong on purpose (its gantry.toml
+and inputs are the fork's), so its keys are scoped to its own pull request: no other pull
+request, no merge and no release run ever computes such a key.
 """
 
 from __future__ import annotations
@@ -11,15 +19,26 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from flows.config import Checks
+from flows.config import Checks, CheckStep
 
-# Bump when the meaning of a cached result changes (the runner, the result model).
-CACHE_VERSION = "1"
+# Bump when the meaning of a cached result changes (the runner, the result model, the key).
+CACHE_VERSION = "2"
+# A passing result is trusted for a week at most: the default toolchain (and the world a test
+# reaches) drifts without a commit, and a week bounds how stale a re-used pass can be.
+CACHE_EXPIRATION = timedelta(days=7)
+# The identity of the default toolchain (the tools the step runner provides when a step names no
+# image). Bump it when that toolchain changes, so no result made with the old one is re-used.
+DEFAULT_TOOLCHAIN = "gantry-default-toolchain/1"
+# The scope of every run that is not a fork's: merge, release, same-repository pull requests.
+SHARED_SCOPE = "shared"
 
 
 class CacheKeyError(RuntimeError):
@@ -48,25 +67,87 @@ def inputs_digest(workspace: Path, inputs: list[str] | None) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def step_key(stage: str, command: list[str], env: dict[str, str], digest: str) -> str:
+def toolchain_identity(step: CheckStep) -> str:
+    """The image the step declares, else the default toolchain's version."""
+    # gantry.toml does not let a check name an image yet; read it where it will be, so the key
+    # follows the toolchain the moment a check can choose one.
+    image: object = getattr(step, "image", None)
+    return image if isinstance(image, str) and image else DEFAULT_TOOLCHAIN
+
+
+def cache_scope(flow_parameters: Mapping[str, Any]) -> str | None:
+    """Who may re-use a result of this run: everyone trusted, one fork's pull request, or nobody.
+
+    Read from the pipeline flow's parameters (``fork``, ``pr_number``, the repository), which the
+    trusted side sets: the webhook dispatcher from the verified event, or an operator's CLI.
+    None (never cached) for a fork's run that names no pull request.
+    """
+    if not flow_parameters.get("fork"):
+        return SHARED_SCOPE
+    number = flow_parameters.get("pr_number")
+    if not isinstance(number, int) or isinstance(number, bool):
+        return None
+    repository = flow_parameters.get("repository_name") or flow_parameters.get("repository")
+    return f"fork:{repository}#{number}"
+
+
+def step_key(
+    stage: str,
+    command: list[str],
+    env: Mapping[str, str],
+    digest: str,
+    *,
+    toolchain: str = DEFAULT_TOOLCHAIN,
+    scope: str = SHARED_SCOPE,
+) -> str:
     material = json.dumps(
-        {"v": CACHE_VERSION, "stage": stage, "command": command, "env": env, "inputs": digest},
+        {
+            "v": CACHE_VERSION,
+            "stage": stage,
+            "command": command,
+            "env": dict(env),
+            "inputs": digest,
+            "toolchain": toolchain,
+            "scope": scope,
+        },
         sort_keys=True,
     )
     return f"gantry-{stage}-{hashlib.sha256(material.encode()).hexdigest()}"
 
 
-def check_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Prefect ``cache_key_fn`` of the check task; None (never cached) when not computable."""
-    del context
-    stage: str = parameters["stage"]
-    checks: Checks = parameters["checks"]
-    workspace = Path(parameters["workspace"])
+def check_key(
+    stage: str, checks: Checks, workspace: Path, flow_parameters: Mapping[str, Any]
+) -> str | None:
+    """The cache key of one check stage; None (never cached) when it cannot be computed."""
     step = checks.step(stage)
     if step is None:
+        return None
+    scope = cache_scope(flow_parameters)
+    if scope is None:
         return None
     try:
         digest = inputs_digest(workspace, step.inputs)
     except (CacheKeyError, OSError, subprocess.TimeoutExpired):
         return None
-    return step_key(stage, step.command, step.env, digest)
+    return step_key(
+        stage, step.command, step.env, digest, toolchain=toolchain_identity(step), scope=scope
+    )
+
+
+class CheckCachePolicy(CachePolicy):
+    """The cache policy of the check task: content, configuration, toolchain and trust scope."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        del task_ctx, kwargs
+        return check_key(
+            inputs["stage"], inputs["checks"], Path(inputs["workspace"]), flow_parameters
+        )
+
+
+CHECK_CACHE_POLICY = CheckCachePolicy()

@@ -11,11 +11,16 @@ from prefect.runtime import flow_run
 from flows.config import Checks, load_config
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
-from flows.steps.cache import check_cache_key
+from flows.steps.cache import CACHE_EXPIRATION, CHECK_CACHE_POLICY
 from flows.steps.sandbox.select import run_step
 
 
-@task(name="check", cache_key_fn=check_cache_key, persist_result=True)
+@task(
+    name="check",
+    cache_policy=CHECK_CACHE_POLICY,
+    cache_expiration=CACHE_EXPIRATION,
+    persist_result=True,
+)
 async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageResult]:
     """Run the ``stage`` command of ``[checks]`` inside the checkout; undeclared is skipped."""
     logger = step_logger(stage)

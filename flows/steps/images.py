@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,9 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect_docker import DockerRegistryCredentials
 
-from blocks.containers import auth_config, docker_client
+from blocks.containers import auth_config, docker_client, load_registry_credentials
 from clients.base_image import BASE_IMAGE, BaseImageError, ensure_base_image
 from clients.registry import RegistryAuthError, RegistryClient, RegistryUnavailable
+from clients.retry import RetryPolicy, retry_call
 from flows.config import Image
 from flows.logs import StepLogger, step_logger
 from flows.results import StageResult, StageStatus, stage_state
@@ -47,6 +47,8 @@ TRANSIENT_ERROR = re.compile(
     r"\bEOF\b|\b50[0234]\b|service unavailable|bad gateway|gateway timeout|too many requests",
     re.IGNORECASE,
 )
+# Rides out a registry restarting or briefly overloaded: five tries, under 15 s of waiting.
+PUSH_POLICY = RetryPolicy(attempts=5, backoff=1.0, backoff_cap=10.0, max_wait=40.0)
 
 
 class ImageError(RuntimeError):
@@ -236,19 +238,10 @@ def _raise_push_error(name: str, message: str) -> NoReturn:
     raise ImageError(f"{name}: push failed: {message}")
 
 
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    # Full jitter between half and all of the exponential step keeps retries spread out.
-    step: float = min(cap, base * 2 ** (attempt - 1))
-    return step * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
-
-
-def _retrying(attempts: int, base: float, cap: float, logger: StepLogger) -> Iterator[int]:
-    for attempt in range(1, attempts + 1):
-        yield attempt
-        if attempt < attempts:
-            delay = _backoff(attempt, base, cap)
-            logger.warning("retrying in %.1f s (attempt %d of %d)", delay, attempt + 1, attempts)
-            time.sleep(delay)
+def _push_transient(exc: Exception) -> bool:
+    # What a registry (or the engine's way to it) may answer differently a moment later; a
+    # refusal of our credentials or a digest mismatch will not change by trying again.
+    return isinstance(exc, _TransientPushError | RegistryUnavailable)
 
 
 def _push_one(
@@ -258,42 +251,48 @@ def _push_one(
     name: str,
     entry: dict[str, str],
     auth: dict[str, str] | None,
-    policy: tuple[int, float, float],
+    policy: RetryPolicy,
     logger: StepLogger,
 ) -> dict[str, str]:
     repository = f"{registry_address}/{entry['path']}"
     tag = entry["tag"]
     client.api.tag(entry.get("id") or entry["ref"], repository, tag)
-    last: Exception | None = None
-    for _attempt in _retrying(*policy, logger):
+    tries = 0
+
+    def attempt() -> tuple[str | None, str]:
+        nonlocal tries
+        tries += 1
         try:
-            try:
-                stream = client.api.push(
-                    repository, tag=tag, stream=True, decode=True, auth_config=auth
-                )
-                reported = _check_stream(stream, logger, name)
-            except DockerException as exc:
-                _raise_push_error(name, str(exc))
-            actual = registry.manifest_digest(entry["path"], tag)
-        except (_TransientPushError, RegistryUnavailable) as exc:
-            last = exc
-            logger.warning("[%s] push to %s failed: %s", name, registry_address, exc)
-            continue
-        except RegistryAuthError as exc:
-            raise PushAuthError(f"{name}: {exc}") from exc
-        if reported is not None and reported != actual:
-            raise ImageError(
-                f"{name}: the engine reported {reported} but the registry serves {actual}"
+            stream = client.api.push(
+                repository, tag=tag, stream=True, decode=True, auth_config=auth
             )
-        return {
-            "ref": f"{repository}:{tag}",
-            "repository": repository,
-            "digest": actual,
-            "pinned": f"{repository}@{actual}",
-        }
-    raise ImageError(
-        f"{name}: push to {registry_address} failed after {policy[0]} attempts: {last}"
-    )
+            reported = _check_stream(stream, logger, name)
+        except DockerException as exc:
+            _raise_push_error(name, str(exc))
+        return reported, registry.manifest_digest(entry["path"], tag)
+
+    try:
+        reported, actual = retry_call(
+            attempt,
+            transient=_push_transient,
+            policy=policy,
+            what=f"[{name}] push to {registry_address}",
+            logger=logger,
+        )
+    except RegistryAuthError as exc:
+        raise PushAuthError(f"{name}: {exc}") from exc
+    except (_TransientPushError, RegistryUnavailable) as exc:
+        raise ImageError(
+            f"{name}: push to {registry_address} failed after {tries} attempts: {exc}"
+        ) from exc
+    if reported is not None and reported != actual:
+        raise ImageError(f"{name}: the engine reported {reported} but the registry serves {actual}")
+    return {
+        "ref": f"{repository}:{tag}",
+        "repository": repository,
+        "digest": actual,
+        "pinned": f"{repository}@{actual}",
+    }
 
 
 def push_all(
@@ -303,9 +302,7 @@ def push_all(
     *,
     docker_host: str | None = None,
     fork: bool = False,
-    attempts: int = 5,
-    backoff: float = 1.0,
-    max_backoff: float = 10.0,
+    policy: RetryPolicy = PUSH_POLICY,
     logger: StepLogger | None = None,
 ) -> StageResult:
     """Push every built image to ``registry`` and record the digest the registry serves."""
@@ -327,7 +324,6 @@ def push_all(
     )
     pushed: dict[str, dict[str, str]] = {}
     failures: list[str] = []
-    policy = (max(1, attempts), backoff, max_backoff)
     try:
         connected = _connect(host or None)
     except ImageError as exc:
@@ -382,10 +378,17 @@ async def push_images(
     docker_host: str | None = None,
     fork: bool = False,
 ) -> State[StageResult]:
-    """Push the built images by digest; refuses outright for a fork's pull request."""
+    """Push the built images by digest; refuses outright for a fork's pull request.
+
+    Without ``credentials``, the saved registry block is used, else the environment's, else
+    none (an anonymous push, as to the local stack's registry).
+    """
     if fork:
+        # Before any credential is loaded: a fork's run gets no secret, not even unused.
         raise ForkPushRefused("a pull request from a fork never pushes images")
     logger = step_logger("push")
+    if credentials is None:
+        credentials = await load_registry_credentials(registry)
     result = await asyncio.to_thread(
         push_all, built, registry, credentials, docker_host=docker_host, logger=logger
     )

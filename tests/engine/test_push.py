@@ -14,8 +14,18 @@ import pytest
 from prefect_docker import DockerRegistryCredentials
 from pydantic import SecretStr
 
+from blocks.containers import (
+    DEFAULT_REGISTRY_BLOCK,
+    ENV_REGISTRY_PASSWORD,
+    ENV_REGISTRY_USERNAME,
+    load_registry_credentials,
+)
 from clients.registry import MANIFEST_TYPES
+from clients.retry import RetryPolicy
+from core.redact import forget_secrets
+from core.redact import redact as redact_text
 from deployments.engine_registry import Registry
+from deployments.prefect_server import PrefectServer
 from flows.config import Image
 from flows.results import StageResult, StageStatus
 from flows.steps.images import ForkPushRefused, build_all, push_all, push_images
@@ -47,6 +57,10 @@ def _registry_digest(address: str, name: str, tag: str, auth: httpx.Auth | None 
     )
     assert response.status_code == 200
     return str(response.headers["Docker-Content-Digest"])
+
+
+def _quick(attempts: int, backoff: float = 0.1, cap: float = 0.5) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, backoff=backoff, backoff_cap=cap, max_wait=30.0)
 
 
 def _retries(caplog: pytest.LogCaptureFixture) -> int:
@@ -87,9 +101,7 @@ def test_push_retries_while_the_registry_is_down_and_succeeds_when_it_comes_up(
     retry_log.addHandler(starter)
     try:
         started = time.monotonic()
-        result = push_all(
-            built, late.address, attempts=4, backoff=0.2, max_backoff=0.5, logger=retry_log
-        )
+        result = push_all(built, late.address, policy=_quick(4, 0.2, 0.5), logger=retry_log)
         elapsed = time.monotonic() - started
     finally:
         retry_log.removeHandler(starter)
@@ -107,7 +119,7 @@ def test_push_to_a_registry_that_stays_down_fails_after_bounded_attempts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     address = f"127.0.0.1:{spare_registry_port()}"
-    result = push_all(built, address, attempts=2, backoff=0.1, max_backoff=0.1, logger=retry_log)
+    result = push_all(built, address, policy=_quick(2, 0.1, 0.1), logger=retry_log)
     assert result.status == StageStatus.FAILED
     assert "after 2 attempts" in result.detail
     assert "connection refused" in result.detail
@@ -142,7 +154,7 @@ def test_push_refused_for_authentication_fails_at_once_with_a_clear_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     credentials = _credentials(auth_registry, password) if password else None
-    result = push_all(built, auth_registry, credentials, attempts=5, logger=retry_log)
+    result = push_all(built, auth_registry, credentials, policy=_quick(5), logger=retry_log)
     assert result.status == StageStatus.FAILED
     assert "api: the registry refused the credentials" in result.detail
     assert _retries(caplog) == 0, "an authentication error is not retried"
@@ -188,3 +200,77 @@ def test_nothing_is_pushed_after_a_failed_build(registry: str) -> None:
     result = push_all(failed, registry)
     assert result.status == StageStatus.FAILED
     assert result.detail == "the build failed"
+
+
+@pytest.fixture
+def saved_registry_block(prefect_server: PrefectServer) -> Iterator[Callable[[str, str], None]]:
+    """Saves the registry credentials block on the real Prefect server; deletes it after."""
+    del prefect_server  # the session's server: this test's Prefect API
+
+    def save(address: str, password: str) -> None:
+        asyncio.run(_credentials(address, password).asave(DEFAULT_REGISTRY_BLOCK, overwrite=True))
+
+    yield save
+    asyncio.run(DockerRegistryCredentials.adelete(DEFAULT_REGISTRY_BLOCK))
+
+
+def _push_task(built: StageResult, registry: str) -> StageResult:
+    """The push task's own body (it loads the credentials), outside a flow run."""
+    state = asyncio.run(push_images.fn(built, registry))
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, StageResult)
+    return result
+
+
+def test_the_push_task_uses_the_saved_registry_block_over_the_environment(
+    built: StageResult,
+    auth_registry: str,
+    saved_registry_block: Callable[[str, str], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_REGISTRY_USERNAME, "gantry")
+    monkeypatch.setenv(ENV_REGISTRY_PASSWORD, "wrong-password")
+    saved_registry_block(auth_registry, "right-password")
+    result = _push_task(built, auth_registry)
+    assert result.status == StageStatus.PASSED, result.detail
+    assert result.data["images"]["api"]["digest"].startswith("sha256:")
+
+
+def test_without_a_saved_block_the_push_task_uses_the_environment_credentials(
+    built: StageResult, auth_registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_REGISTRY_USERNAME, "gantry")
+    monkeypatch.setenv(ENV_REGISTRY_PASSWORD, "right-password")
+    result = _push_task(built, auth_registry)
+    assert result.status == StageStatus.PASSED, result.detail
+
+
+def test_a_saved_block_for_another_registry_is_never_sent(
+    built: StageResult,
+    auth_registry: str,
+    saved_registry_block: Callable[[str, str], None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv(ENV_REGISTRY_USERNAME, raising=False)
+    monkeypatch.delenv(ENV_REGISTRY_PASSWORD, raising=False)
+    saved_registry_block("registry.elsewhere.example:5000", "right-password")
+    with caplog.at_level(logging.WARNING, logger="gantry.registry"):
+        result = _push_task(built, auth_registry)
+    assert result.status == StageStatus.FAILED
+    assert "refused the credentials" in result.detail
+    assert "not using it" in caplog.text
+
+
+def test_loading_the_saved_block_registers_its_password_for_redaction(
+    saved_registry_block: Callable[[str, str], None],
+) -> None:
+    saved_registry_block("127.0.0.1:5999", "block-password-123")
+    try:
+        credentials = asyncio.run(load_registry_credentials("http://127.0.0.1:5999/"))
+        assert credentials is not None
+        assert credentials.username == "gantry"
+        assert credentials.password.get_secret_value() == "block-password-123"
+        assert "block-password-123" not in redact_text("login with block-password-123")
+    finally:
+        forget_secrets()

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from flows.config import Checks
 from flows.pipelines.pr import pr_pipeline
 from flows.pipelines.stages import PipelineSummary
-from flows.steps.cache import inputs_digest
+from flows.steps.cache import (
+    CACHE_EXPIRATION,
+    DEFAULT_TOOLCHAIN,
+    SHARED_SCOPE,
+    cache_scope,
+    check_key,
+    inputs_digest,
+    step_key,
+)
+from flows.steps.checks import run_check
 from tests.plugins.gitrepo import GitRepo
 
 PY = sys.executable
@@ -29,20 +39,35 @@ def runs(tmp_path: Path, stage: str) -> int:
     return len(counter.read_text().splitlines()) if counter.exists() else 0
 
 
-def toml_for(commands: dict[str, list[str]], inputs: dict[str, list[str]] | None = None) -> str:
+def toml_for(
+    commands: dict[str, list[str]],
+    inputs: dict[str, list[str]] | None = None,
+    env: dict[str, dict[str, str]] | None = None,
+) -> str:
     lines = ["[checks]"]
     for stage, argv in commands.items():
         quoted = ", ".join(f'"{a}"' for a in argv).replace("\\n", "\\\\n")
         extra = ""
         if inputs and stage in inputs:
             extra = ", inputs = [" + ", ".join(f'"{g}"' for g in inputs[stage]) + "]"
+        if env and stage in env:
+            extra += ", env = { " + ", ".join(f'{k} = "{v}"' for k, v in env[stage].items()) + " }"
         lines.append(f"{stage} = {{ command = [{quoted}]{extra} }}")
     return "\n".join(lines) + "\n"
 
 
-def run(repo: GitRepo, sha: str, no_cache: bool = False) -> dict[str, str]:
+def run(
+    repo: GitRepo, sha: str, no_cache: bool = False, pr_number: int = 9, fork: bool = False
+) -> dict[str, str]:
     state = asyncio.run(
-        pr_pipeline(str(repo.path), sha, pr_number=9, no_cache=no_cache, return_state=True)
+        pr_pipeline(
+            str(repo.path),
+            sha,
+            pr_number=pr_number,
+            fork=fork,
+            no_cache=no_cache,
+            return_state=True,
+        )
     )
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, PipelineSummary)
@@ -118,3 +143,82 @@ def test_the_inputs_digest_follows_content_not_commits(
     assert inputs_digest(repo.path, None) != before_all
     repo.commit({}, message="empty commit")
     assert inputs_digest(repo.path, ["src/**"]) == before_src
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_stack")
+def test_a_changed_command_or_environment_reruns_the_step(
+    make_repo: Callable[[str], GitRepo], tmp_path: Path
+) -> None:
+    # The step reads only src/**: gantry.toml is outside its inputs, so only the key's own
+    # record of the command and the environment can tell these runs apart.
+    repo = make_repo("cache-config")
+    command = counting(tmp_path, "lint")
+    inputs = {"lint": ["src/**"]}
+    files = {"src/app.py": "x = 1\n"}
+    first = repo.commit(
+        {**files, "gantry.toml": toml_for({"lint": command}, inputs, {"lint": {"MODE": "a"}})}
+    )
+    assert run(repo, first)["lint"] == "passed"
+    assert run(repo, first)["lint"] == "cached"
+    new_command = repo.commit(
+        {"gantry.toml": toml_for({"lint": [*command, "--x"]}, inputs, {"lint": {"MODE": "a"}})}
+    )
+    assert run(repo, new_command)["lint"] == "passed"
+    new_env = repo.commit(
+        {"gantry.toml": toml_for({"lint": [*command, "--x"]}, inputs, {"lint": {"MODE": "b"}})}
+    )
+    assert run(repo, new_env)["lint"] == "passed"
+    assert run(repo, new_env)["lint"] == "cached"
+    assert runs(tmp_path, "lint") == 3
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_stack")
+def test_a_fork_result_serves_only_runs_of_its_own_pull_request(
+    make_repo: Callable[[str], GitRepo], tmp_path: Path
+) -> None:
+    repo = make_repo("cache-fork")
+    sha = repo.commit({"gantry.toml": toml_for({"lint": counting(tmp_path, "lint")})})
+    assert run(repo, sha, pr_number=9, fork=True)["lint"] == "passed"
+    assert run(repo, sha, pr_number=9, fork=True)["lint"] == "cached"
+    # Same commit, same config: another fork's pull request and a trusted run still run it.
+    assert run(repo, sha, pr_number=10, fork=True)["lint"] == "passed"
+    assert run(repo, sha, pr_number=9, fork=False)["lint"] == "passed"
+    assert runs(tmp_path, "lint") == 3
+
+
+def test_merge_and_release_runs_share_the_trusted_scope_and_never_a_forks() -> None:
+    merge = {"repository": "/src/shop", "sha": "a" * 40, "ref": "main"}
+    fork_pr = {"repository": "/src/shop", "sha": "a" * 40, "pr_number": 9, "fork": True}
+    assert cache_scope(merge) == SHARED_SCOPE
+    assert cache_scope({**fork_pr, "fork": False}) == SHARED_SCOPE
+    assert cache_scope(fork_pr) not in {SHARED_SCOPE, None}
+    assert cache_scope(fork_pr) != cache_scope({**fork_pr, "pr_number": 10})
+    assert cache_scope(fork_pr) != cache_scope({**fork_pr, "repository": "/src/other"})
+    # A fork's run that names no pull request could be re-used by nobody it belongs to.
+    assert cache_scope({**fork_pr, "pr_number": None}) is None
+
+
+def test_a_fork_run_without_a_pull_request_number_is_never_cached(
+    make_repo: Callable[[str], GitRepo],
+) -> None:
+    repo = make_repo("fork-no-pr")
+    repo.commit({"gantry.toml": "", "src/a.py": "1"})
+    checks = Checks.model_validate({"lint": {"command": ["true"]}})
+    assert check_key("lint", checks, repo.path, {"fork": True}) is None
+    assert check_key("lint", checks, repo.path, {"fork": True, "pr_number": 4}) is not None
+
+
+def test_the_key_follows_the_toolchain_and_the_scope() -> None:
+    base = step_key("unit", ["pytest"], {}, "tree")
+    assert base == step_key("unit", ["pytest"], {}, "tree", toolchain=DEFAULT_TOOLCHAIN)
+    assert base != step_key("unit", ["pytest"], {}, "tree", toolchain="python:3.12@sha256:ab")
+    assert base != step_key("unit", ["pytest"], {}, "tree", scope="fork:acme/shop#9")
+    assert base != step_key("unit", ["pytest", "-x"], {}, "tree")
+    assert base != step_key("unit", ["pytest"], {"CI": "1"}, "tree")
+
+
+def test_cached_check_results_expire() -> None:
+    assert run_check.cache_expiration == CACHE_EXPIRATION
+    assert CACHE_EXPIRATION.days == 7
