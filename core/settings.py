@@ -6,6 +6,7 @@ running demo never clash.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from pydantic import Field
@@ -36,6 +37,12 @@ class StackSettings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def stack_id(self) -> str:
+        """A short name of this stack (its state folder): sandboxes carry it, so a stack reaps
+        only its own leftovers and never another stack's on the same machine."""
+        return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
 
     @property
     def prefect_url(self) -> str:

@@ -19,6 +19,7 @@ from deployments.engine import ContainerEngine
 from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
 from deployments.processes import ManagedProcess
+from flows.steps.sandbox.select import reap_stack_leftovers
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 Progress = Callable[[str], None]
@@ -146,6 +147,11 @@ class Stack:
         progress("applying deployments from prefect.yaml")
         self.apply_deployments()
         if not self.worker.running():
+            # With no worker, no run of this stack is in flight: what sandboxes it still has
+            # were left by a crashed worker, and are removed before a new one starts.
+            reaped = asyncio.run(reap_stack_leftovers(self.settings))
+            if reaped:
+                progress(f"removed {len(reaped)} leftover sandboxes: {', '.join(reaped)}")
             progress("starting the worker")
             # Prefect's worker plus the gantry.worker.heartbeat metric (deployments/worker.py).
             argv = [

@@ -41,6 +41,7 @@ from prefect.workers.process import ProcessWorker
 from prefect_kubernetes.worker import KubernetesWorker
 
 from clients.metrics import get_metrics
+from flows.steps.sandbox.select import reap_stack_leftovers
 
 # Datadog's own name for the environment; the worker's pod already sets it (modules/prefect).
 ENV_ENVIRONMENT = "DD_ENV"
@@ -214,6 +215,9 @@ async def serve(worker: AnyWorker, with_healthcheck: bool = False) -> None:
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
+    # A worker that starts has no run in flight: sandboxes of this stack are leftovers.
+    for name in await reap_stack_leftovers():
+        printer(f"removed leftover sandbox {name}")
     try:
         await worker.start(printer=printer, with_healthcheck=with_healthcheck)
     except asyncio.CancelledError:

@@ -14,12 +14,14 @@ from typing import Literal, cast
 from prefect.runtime import flow_run
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.settings import StackSettings
 from flows.config import Sandbox
 from flows.logs import StepLogger
 from flows.steps.proc import ProcResult
 from flows.steps.sandbox.base import Limits, Network, SandboxError, StepRunner, StepSpec
 
 FLOW_RUN_LABEL = "gantry.flow-run-id"
+STACK_LABEL = "gantry.stack"
 
 
 class SandboxSettings(BaseSettings):
@@ -47,7 +49,10 @@ def get_runner(kind: str | None = None) -> StepRunner:
 def run_labels() -> dict[str, str]:
     """Labels of every sandbox of this flow run, so that its leftovers can be reaped."""
     run_id = flow_run.get_id()
-    return {FLOW_RUN_LABEL: str(run_id)} if run_id else {}
+    labels = {STACK_LABEL: StackSettings().stack_id}
+    if run_id:
+        labels[FLOW_RUN_LABEL] = str(run_id)
+    return labels
 
 
 async def run_step(
@@ -80,3 +85,16 @@ async def run_step(
     except SandboxError as exc:
         logger.error("%ssandbox: %s", prefix, exc)
         return ProcResult(spec.argv, None, 0.0, "", error=f"sandbox: {exc}")
+
+
+async def reap_stack_leftovers(settings: StackSettings | None = None) -> list[str]:
+    """Remove the sandboxes a crashed or stopped worker of this stack left behind; their names.
+
+    Called when the stack's worker starts: no run of this stack can be in flight then.
+    """
+    if SandboxSettings().runner != "local":
+        # Step pods are shared by every worker replica of a cluster and end by their own
+        # deadline; a starting replica must not delete the pods of its peers' runs.
+        return []
+    stack_id = (settings or StackSettings()).stack_id
+    return await get_runner().reap({STACK_LABEL: stack_id})

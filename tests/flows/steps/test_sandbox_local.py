@@ -13,16 +13,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from core.settings import StackSettings
 from flows.config import Sandbox
 from flows.steps.proc import ProcResult
 from flows.steps.sandbox.base import Limits, StepSpec
 from flows.steps.sandbox.local import LocalRunner
-from flows.steps.sandbox.select import run_step
+from flows.steps.sandbox.select import reap_stack_leftovers, run_step
 from tests.flows.steps.probe_repo import make_probe_repo, make_unittest_repo
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
@@ -357,3 +359,44 @@ def test_outside_network_has_no_route_to_host_loopback_nor_metadata(
     # 10.0.2.2 is slirp4netns's gateway, which would be the host's loopback without
     # --disable-host-loopback; the metadata address is blackholed inside.
     assert all(outcome != "connected" for outcome in found.values()), found
+
+
+def test_a_stack_reaps_its_own_leftover_sandboxes_and_no_other_stacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two stacks on one machine (two state folders): a worker starting for one of them must
+    # not kill the other's running steps.
+    ours, theirs = StackSettings(home=tmp_path / "ours"), StackSettings(home=tmp_path / "theirs")
+    markers = {name: f"gantry-test-{uuid.uuid4().hex}" for name in ("ours", "theirs")}
+
+    def step(name: str) -> Coroutine[Any, Any, ProcResult]:
+        monkeypatch.setenv("GANTRY_HOME", str(tmp_path / name))
+        return run_step(
+            ("python3", "-c", "import time; time.sleep(600)", markers[name]),
+            tmp_path,
+            600,
+            LOG,
+            sandbox=Sandbox(),
+        )
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        mine = asyncio.create_task(step("ours"))
+        await asyncio.sleep(0)  # the task reads GANTRY_HOME when it starts
+        other = asyncio.create_task(step("theirs"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if all(_host_pids_with(m) for m in markers.values()):
+                break
+        reaped = await reap_stack_leftovers(ours)
+        assert not (await asyncio.wait_for(mine, 10)).ok
+        assert _host_pids_with(markers["theirs"]), "the other stack's step was killed"
+        other_reaped = await reap_stack_leftovers(theirs)
+        await asyncio.wait_for(other, 10)
+        return reaped, other_reaped
+
+    reaped, other_reaped = asyncio.run(scenario())
+    assert len(reaped) == 1 and len(other_reaped) == 1 and reaped != other_reaped
+    deadline = time.monotonic() + 5
+    while any(_host_pids_with(m) for m in markers.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m for m in markers.values() if _host_pids_with(m)] == []
