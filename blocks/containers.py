@@ -17,11 +17,10 @@ from typing import Any
 
 import docker
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
-from prefect.context import FlowRunContext
-from prefect.settings import get_current_settings
 from prefect_docker import DockerHost, DockerRegistryCredentials
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
+from blocks.saved import load_saved_block
 from core.redact import register_model_secrets
 
 __all__ = [
@@ -84,36 +83,6 @@ def registry_credentials_from_env(
     return credentials
 
 
-def _prefect_api_reachable() -> bool:
-    # Without an API URL outside a flow run, reading a block would start a throwaway
-    # ephemeral server just to find nothing: skip straight to the environment.
-    return bool(get_current_settings().api.url) or FlowRunContext.get() is not None
-
-
-async def _saved_block(block_name: str) -> DockerRegistryCredentials | None:
-    try:
-        block = await DockerRegistryCredentials.aload(block_name)
-    except ValidationError as exc:
-        # Never str(exc): pydantic echoes the rejected input, which may be the password.
-        logger.warning(
-            "the saved %r registry block is invalid (%d errors): using the environment",
-            block_name,
-            exc.error_count(),
-        )
-    except ValueError:
-        logger.debug("no saved %r block: using the environment", block_name)
-    except Exception as exc:  # the server being down must not stop a pipeline
-        logger.warning(
-            "could not read the %r registry block (%s): using the environment",
-            block_name,
-            type(exc).__name__,
-        )
-    else:
-        register_model_secrets(block)
-        return block
-    return None
-
-
 async def load_registry_credentials(
     registry: str, block_name: str | None = DEFAULT_REGISTRY_BLOCK
 ) -> DockerRegistryCredentials | None:
@@ -122,8 +91,8 @@ async def load_registry_credentials(
     A saved block issued for another registry is not used: credentials go only to the registry
     they name, never to whichever address a run pushes to.
     """
-    if block_name and _prefect_api_reachable():
-        block = await _saved_block(block_name)
+    if block_name:
+        block = await load_saved_block(DockerRegistryCredentials, block_name)
         if block is not None:
             if _registry_host(block.registry_url) == _registry_host(registry):
                 return block

@@ -7,17 +7,16 @@ import os
 from collections.abc import Mapping
 
 from prefect.blocks.core import Block
-from prefect.context import FlowRunContext
-from prefect.settings import get_current_settings
 from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
+
+from blocks.saved import load_saved_block
 
 logger = logging.getLogger("gantry.github")
 
@@ -141,32 +140,11 @@ def github_credentials_from_env(env: Mapping[str, str] | None = None) -> GitHubC
     )
 
 
-def _prefect_api_reachable() -> bool:
-    # Without an API URL outside a flow run, reading a block would start a throwaway
-    # ephemeral server just to find nothing: skip straight to the environment.
-    return bool(get_current_settings().api.url) or FlowRunContext.get() is not None
-
-
 async def load_github_credentials(
     block_name: str | None = DEFAULT_BLOCK_NAME,
 ) -> GitHubCredentials | None:
     """The saved block named ``block_name``, else credentials from the environment, else None."""
-    if block_name and _prefect_api_reachable():
-        try:
-            return await GitHubCredentials.aload(block_name)
-        except ValidationError as exc:
-            # Never str(exc): pydantic echoes the rejected input, which may be a secret.
-            logger.warning(
-                "the saved %r GitHub block is invalid (%d errors): using the environment",
-                block_name,
-                exc.error_count(),
-            )
-        except ValueError:
-            logger.debug("no saved %r block: using the environment", block_name)
-        except Exception as exc:  # the server being down must not stop a pipeline
-            logger.warning(
-                "could not read the %r GitHub block (%s): using the environment",
-                block_name,
-                type(exc).__name__,
-            )
+    block = await load_saved_block(GitHubCredentials, block_name)
+    if block is not None:
+        return block
     return github_credentials_from_env()

@@ -8,13 +8,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import TypeVar
 
 from prefect.blocks.core import Block
-from prefect.context import FlowRunContext
-from prefect.settings import get_current_settings
 from pydantic import ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
 
+from blocks.saved import load_saved_block
 from core.redact import register_model_secrets
 
 logger = logging.getLogger("gantry.observability")
@@ -156,46 +154,11 @@ def pagerduty_settings_from_env(env: Mapping[str, str] | None = None) -> PagerDu
     return settings
 
 
-def _prefect_api_reachable() -> bool:
-    # Without an API URL outside a flow run, reading a block would start a throwaway
-    # ephemeral server just to find nothing: skip straight to the environment.
-    return bool(get_current_settings().api.url) or FlowRunContext.get() is not None
-
-
-B = TypeVar("B", bound=Block)
-
-
-async def _load_block(kind: type[B], block_name: str | None) -> B | None:
-    if not block_name or not _prefect_api_reachable():
-        return None
-    try:
-        block = await kind.aload(block_name)
-    except ValidationError as exc:
-        logger.warning(
-            "the saved %r block is invalid (%d errors): using the environment",
-            block_name,
-            exc.error_count(),
-        )
-        return None
-    except ValueError:
-        logger.debug("no saved %r block: using the environment", block_name)
-        return None
-    except Exception as exc:  # the server being down must not stop a pipeline
-        logger.warning(
-            "could not read the %r block (%s): using the environment",
-            block_name,
-            type(exc).__name__,
-        )
-        return None
-    register_model_secrets(block)
-    return block
-
-
 async def load_datadog_settings(
     block_name: str | None = DEFAULT_DATADOG_BLOCK,
 ) -> DatadogSettings | None:
     """The saved block, else settings from the environment, else None (Datadog is off)."""
-    block = await _load_block(DatadogSettings, block_name)
+    block = await load_saved_block(DatadogSettings, block_name)
     return block if block is not None else datadog_settings_from_env()
 
 
@@ -203,5 +166,5 @@ async def load_pagerduty_settings(
     block_name: str | None = DEFAULT_PAGERDUTY_BLOCK,
 ) -> PagerDutySettings | None:
     """The saved block, else settings from the environment, else None (no paging)."""
-    block = await _load_block(PagerDutySettings, block_name)
+    block = await load_saved_block(PagerDutySettings, block_name)
     return block if block is not None else pagerduty_settings_from_env()
