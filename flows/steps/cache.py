@@ -1,10 +1,10 @@
 """Content-addressed step cache: a passing result is re-used when its inputs have not changed.
 
 The key is the git tree hash of the files a step reads (the whole tree, or the `inputs` globs of
-gantry.toml) plus everything else that decides the outcome: the step's command and environment,
-and the toolchain it runs on. Prefect stores the result (result persistence) and looks it up by
-this key; it caches only Completed task runs, and a failed check ends Failed, so a failure is
-never re-used.
+gantry.toml) plus everything else that decides the outcome: the step's command, environment and
+network, the toolchain it runs on (``[sandbox] image``, else the runner's default) and its
+limits. Prefect stores the result (result persistence) and looks it up by this key; it caches
+only Completed task runs, and a failed check ends Failed, so a failure is never re-used.
 
 Trust: results are written only by the trusted side. The step's command runs in its sandbox and
 reports nothing but its exit code and output; Prefect's result persistence in the worker (or the
@@ -27,15 +27,17 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from flows.config import Checks, CheckStep
+from flows.config import Checks, ConfigError, Sandbox, load_config
+from flows.steps.sandbox.select import SandboxSettings
 
 # Bump when the meaning of a cached result changes (the runner, the result model, the key).
 CACHE_VERSION = "2"
 # A passing result is trusted for a week at most: the default toolchain (and the world a test
 # reaches) drifts without a commit, and a week bounds how stale a re-used pass can be.
 CACHE_EXPIRATION = timedelta(days=7)
-# The identity of the default toolchain (the tools the step runner provides when a step names no
-# image). Bump it when that toolchain changes, so no result made with the old one is re-used.
+# The identity of the default toolchain (the tools the step runner provides when gantry.toml names
+# no [sandbox] image). Bump it when that toolchain changes, so no result made with the old one is
+# re-used.
 DEFAULT_TOOLCHAIN = "gantry-default-toolchain/1"
 # The scope of every run that is not a fork's: merge, release, same-repository pull requests.
 SHARED_SCOPE = "shared"
@@ -67,12 +69,11 @@ def inputs_digest(workspace: Path, inputs: list[str] | None) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def toolchain_identity(step: CheckStep) -> str:
-    """The image the step declares, else the default toolchain's version."""
-    # gantry.toml does not let a check name an image yet; read it where it will be, so the key
-    # follows the toolchain the moment a check can choose one.
-    image: object = getattr(step, "image", None)
-    return image if isinstance(image, str) and image else DEFAULT_TOOLCHAIN
+def toolchain_identity(sandbox: Sandbox, runner: str) -> str:
+    """The image ``[sandbox]`` names, else the default toolchain's version on this runner."""
+    # Each runner provides its own default toolchain (the host's tools locally, an image on
+    # Kubernetes): a pass on one says nothing about the other.
+    return sandbox.image or f"{DEFAULT_TOOLCHAIN}@{runner}"
 
 
 def cache_scope(flow_parameters: Mapping[str, Any]) -> str | None:
@@ -98,8 +99,10 @@ def step_key(
     digest: str,
     *,
     toolchain: str = DEFAULT_TOOLCHAIN,
+    sandbox: Mapping[str, Any] | None = None,
     scope: str = SHARED_SCOPE,
 ) -> str:
+    """The key of one step; ``sandbox`` is what else shapes its run (network, limits)."""
     material = json.dumps(
         {
             "v": CACHE_VERSION,
@@ -108,6 +111,7 @@ def step_key(
             "env": dict(env),
             "inputs": digest,
             "toolchain": toolchain,
+            "sandbox": dict(sandbox or {}),
             "scope": scope,
         },
         sort_keys=True,
@@ -127,10 +131,14 @@ def check_key(
         return None
     try:
         digest = inputs_digest(workspace, step.inputs)
-    except (CacheKeyError, OSError, subprocess.TimeoutExpired):
+        # The step runs with the [sandbox] of the same gantry.toml (read as run_check reads it).
+        sandbox = load_config(workspace).sandbox
+    except (CacheKeyError, ConfigError, OSError, subprocess.TimeoutExpired):
         return None
+    shape = {"network": step.network, **sandbox.model_dump(exclude={"image"})}
+    toolchain = toolchain_identity(sandbox, SandboxSettings().runner)
     return step_key(
-        stage, step.command, step.env, digest, toolchain=toolchain_identity(step), scope=scope
+        stage, step.command, step.env, digest, toolchain=toolchain, sandbox=shape, scope=scope
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -27,16 +28,35 @@ from tests.plugins.gitrepo import GitRepo
 PY = sys.executable
 
 
-def counting(tmp_path: Path, stage: str, fail: bool = False) -> list[str]:
-    """A command that appends a line to a counter file each time it really runs."""
-    counter = tmp_path / f"{stage}.runs"
-    code = f"open({str(counter)!r}, 'a').write('x\\n')" + ("; raise SystemExit(1)" if fail else "")
-    return [PY, "-c", code]
+class Ledger:
+    """How many times each stage really ran its command, across the runs of one test.
+
+    A step runs in a sandbox that sees only its checkout, so it cannot count itself; its result
+    names the flow run that produced it instead, and a re-used result names an earlier run.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        # The cache is content-addressed across repositories and the session's server keeps
+        # results: a token of the test's own keeps other tests' identical checks from serving it.
+        self.token = uuid.uuid4().hex
+
+    def command(self, *extra: str, fail: bool = False) -> list[str]:
+        """A check command; ``extra`` arguments make a different command with the same effect."""
+        return [PY, "-c", "raise SystemExit(1)" if fail else "pass", self.token, *extra]
+
+    def record(self, flow_run_id: str, summary: PipelineSummary) -> None:
+        for stage in summary.stages:
+            if stage.data.get("flow_run_id") == flow_run_id:
+                self.counts[stage.name] += 1
+
+    def runs(self, stage: str) -> int:
+        return self.counts[stage]
 
 
-def runs(tmp_path: Path, stage: str) -> int:
-    counter = tmp_path / f"{stage}.runs"
-    return len(counter.read_text().splitlines()) if counter.exists() else 0
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger()
 
 
 def toml_for(
@@ -57,7 +77,12 @@ def toml_for(
 
 
 def run(
-    repo: GitRepo, sha: str, no_cache: bool = False, pr_number: int = 9, fork: bool = False
+    repo: GitRepo,
+    sha: str,
+    ledger: Ledger,
+    no_cache: bool = False,
+    pr_number: int = 9,
+    fork: bool = False,
 ) -> dict[str, str]:
     state = asyncio.run(
         pr_pipeline(
@@ -71,55 +96,56 @@ def run(
     )
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, PipelineSummary)
+    ledger.record(str(state.state_details.flow_run_id), summary)
     return {s.name: s.status.value for s in summary.stages}
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
 def test_an_unchanged_commit_reuses_passing_results_and_does_no_step_work(
-    make_repo: Callable[[str], GitRepo], tmp_path: Path
+    make_repo: Callable[[str], GitRepo], ledger: Ledger
 ) -> None:
     repo = make_repo("cache-hit")
-    sha = repo.commit({"gantry.toml": toml_for({"lint": counting(tmp_path, "lint")})})
-    assert run(repo, sha)["lint"] == "passed"
-    assert run(repo, sha)["lint"] == "cached"
-    assert runs(tmp_path, "lint") == 1
+    sha = repo.commit({"gantry.toml": toml_for({"lint": ledger.command()})})
+    assert run(repo, sha, ledger)["lint"] == "passed"
+    assert run(repo, sha, ledger)["lint"] == "cached"
+    assert ledger.runs("lint") == 1
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
-def test_a_failure_is_never_reused(make_repo: Callable[[str], GitRepo], tmp_path: Path) -> None:
+def test_a_failure_is_never_reused(make_repo: Callable[[str], GitRepo], ledger: Ledger) -> None:
     repo = make_repo("cache-failure")
-    sha = repo.commit({"gantry.toml": toml_for({"unit": counting(tmp_path, "unit", fail=True)})})
-    assert run(repo, sha)["unit"] == "failed"
-    assert run(repo, sha)["unit"] == "failed"
-    assert runs(tmp_path, "unit") == 2
+    sha = repo.commit({"gantry.toml": toml_for({"unit": ledger.command(fail=True)})})
+    assert run(repo, sha, ledger)["unit"] == "failed"
+    assert run(repo, sha, ledger)["unit"] == "failed"
+    assert ledger.runs("unit") == 2
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
 def test_no_cache_runs_every_step_afresh(
-    make_repo: Callable[[str], GitRepo], tmp_path: Path
+    make_repo: Callable[[str], GitRepo], ledger: Ledger
 ) -> None:
     repo = make_repo("cache-refresh")
-    sha = repo.commit({"gantry.toml": toml_for({"lint": counting(tmp_path, "lint")})})
-    run(repo, sha)
-    assert run(repo, sha, no_cache=True)["lint"] == "passed"
-    assert runs(tmp_path, "lint") == 2
+    sha = repo.commit({"gantry.toml": toml_for({"lint": ledger.command()})})
+    run(repo, sha, ledger)
+    assert run(repo, sha, ledger, no_cache=True)["lint"] == "passed"
+    assert ledger.runs("lint") == 2
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
 def test_a_docs_only_change_reruns_only_the_steps_that_read_docs(
-    make_repo: Callable[[str], GitRepo], tmp_path: Path
+    make_repo: Callable[[str], GitRepo], ledger: Ledger
 ) -> None:
     repo = make_repo("cache-inputs")
-    commands = {"lint": counting(tmp_path, "lint"), "unit": counting(tmp_path, "unit")}
+    commands = {"lint": ledger.command(), "unit": ledger.command()}
     toml = toml_for(commands, inputs={"unit": ["src/**"], "lint": ["**"]})
     first = repo.commit({"gantry.toml": toml, "src/app.py": "x = 1\n", "docs/a.md": "one"})
-    run(repo, first)
+    run(repo, first, ledger)
     second = repo.commit({"docs/a.md": "two"})
-    statuses = run(repo, second)
+    statuses = run(repo, second, ledger)
     assert statuses == {
         "lint": "passed",
         "static": "skipped",
@@ -128,7 +154,7 @@ def test_a_docs_only_change_reruns_only_the_steps_that_read_docs(
         "build": "skipped",
         "scan": "skipped",
     }
-    assert (runs(tmp_path, "lint"), runs(tmp_path, "unit")) == (2, 1)
+    assert (ledger.runs("lint"), ledger.runs("unit")) == (2, 1)
 
 
 def test_the_inputs_digest_follows_content_not_commits(
@@ -148,44 +174,44 @@ def test_the_inputs_digest_follows_content_not_commits(
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
 def test_a_changed_command_or_environment_reruns_the_step(
-    make_repo: Callable[[str], GitRepo], tmp_path: Path
+    make_repo: Callable[[str], GitRepo], ledger: Ledger
 ) -> None:
     # The step reads only src/**: gantry.toml is outside its inputs, so only the key's own
     # record of the command and the environment can tell these runs apart.
     repo = make_repo("cache-config")
-    command = counting(tmp_path, "lint")
+    lint = ledger.command()
     inputs = {"lint": ["src/**"]}
     files = {"src/app.py": "x = 1\n"}
     first = repo.commit(
-        {**files, "gantry.toml": toml_for({"lint": command}, inputs, {"lint": {"MODE": "a"}})}
+        {**files, "gantry.toml": toml_for({"lint": lint}, inputs, {"lint": {"MODE": "a"}})}
     )
-    assert run(repo, first)["lint"] == "passed"
-    assert run(repo, first)["lint"] == "cached"
+    assert run(repo, first, ledger)["lint"] == "passed"
+    assert run(repo, first, ledger)["lint"] == "cached"
     new_command = repo.commit(
-        {"gantry.toml": toml_for({"lint": [*command, "--x"]}, inputs, {"lint": {"MODE": "a"}})}
+        {"gantry.toml": toml_for({"lint": ledger.command("--x")}, inputs, {"lint": {"MODE": "a"}})}
     )
-    assert run(repo, new_command)["lint"] == "passed"
+    assert run(repo, new_command, ledger)["lint"] == "passed"
     new_env = repo.commit(
-        {"gantry.toml": toml_for({"lint": [*command, "--x"]}, inputs, {"lint": {"MODE": "b"}})}
+        {"gantry.toml": toml_for({"lint": ledger.command("--x")}, inputs, {"lint": {"MODE": "b"}})}
     )
-    assert run(repo, new_env)["lint"] == "passed"
-    assert run(repo, new_env)["lint"] == "cached"
-    assert runs(tmp_path, "lint") == 3
+    assert run(repo, new_env, ledger)["lint"] == "passed"
+    assert run(repo, new_env, ledger)["lint"] == "cached"
+    assert ledger.runs("lint") == 3
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_stack")
 def test_a_fork_result_serves_only_runs_of_its_own_pull_request(
-    make_repo: Callable[[str], GitRepo], tmp_path: Path
+    make_repo: Callable[[str], GitRepo], ledger: Ledger
 ) -> None:
     repo = make_repo("cache-fork")
-    sha = repo.commit({"gantry.toml": toml_for({"lint": counting(tmp_path, "lint")})})
-    assert run(repo, sha, pr_number=9, fork=True)["lint"] == "passed"
-    assert run(repo, sha, pr_number=9, fork=True)["lint"] == "cached"
+    sha = repo.commit({"gantry.toml": toml_for({"lint": ledger.command()})})
+    assert run(repo, sha, ledger, pr_number=9, fork=True)["lint"] == "passed"
+    assert run(repo, sha, ledger, pr_number=9, fork=True)["lint"] == "cached"
     # Same commit, same config: another fork's pull request and a trusted run still run it.
-    assert run(repo, sha, pr_number=10, fork=True)["lint"] == "passed"
-    assert run(repo, sha, pr_number=9, fork=False)["lint"] == "passed"
-    assert runs(tmp_path, "lint") == 3
+    assert run(repo, sha, ledger, pr_number=10, fork=True)["lint"] == "passed"
+    assert run(repo, sha, ledger, pr_number=9, fork=False)["lint"] == "passed"
+    assert ledger.runs("lint") == 3
 
 
 def test_merge_and_release_runs_share_the_trusted_scope_and_never_a_forks() -> None:
@@ -208,6 +234,25 @@ def test_a_fork_run_without_a_pull_request_number_is_never_cached(
     checks = Checks.model_validate({"lint": {"command": ["true"]}})
     assert check_key("lint", checks, repo.path, {"fork": True}) is None
     assert check_key("lint", checks, repo.path, {"fork": True, "pr_number": 4}) is not None
+
+
+def test_the_key_follows_the_sandbox_toolchain_limits_and_network_of_gantry_toml(
+    make_repo: Callable[[str], GitRepo],
+) -> None:
+    repo = make_repo("sandbox-key")
+    # The step reads src/** only, so gantry.toml's own content changes no input digest.
+    step = {"command": ["true"], "inputs": ["src/**"]}
+    checks = Checks.model_validate({"lint": step})
+    keys = []
+    for toml in ("", '[sandbox]\nimage = "python:3.12"\n', "[sandbox]\nmemory_mb = 4096\n"):
+        repo.commit({"gantry.toml": toml, "src/a.py": "1"})
+        keys.append(check_key("lint", checks, repo.path, {}))
+    outside = Checks.model_validate({"lint": {**step, "network": "outside"}})
+    keys.append(check_key("lint", outside, repo.path, {}))
+    assert None not in keys
+    assert len(set(keys)) == 4
+    repo.commit({"gantry.toml": "[checks\n"})
+    assert check_key("lint", checks, repo.path, {}) is None, "an unreadable gantry.toml: no key"
 
 
 def test_the_key_follows_the_toolchain_and_the_scope() -> None:
