@@ -155,13 +155,15 @@ class LocalRunner:
             # The name doubles as a marker in the argv, so a reaper can tell our processes.
             "--hostname",
             name,
+            # The private /tmp first: a worker whose venv lives under /tmp (a CI clone) binds
+            # it on top afterwards; the other way round the tmpfs would hide the toolchain.
+            "--tmpfs",
+            SANDBOX_TMP,
             *toolchain_args(),
             "--proc",
             "/proc",
             "--dev",
             "/dev",
-            "--tmpfs",
-            SANDBOX_TMP,
             "--bind",
             str(spec.workspace.resolve()),
             str(CHECKOUT),
