@@ -13,6 +13,7 @@ from prefect.client.schemas.objects import FlowRun
 from rich.console import Console
 from rich.status import Status
 
+from core.links import flow_run_url
 from core.ports import StackError
 from core.settings import (
     MERGE_DEPLOYMENT,
@@ -119,8 +120,9 @@ class Demo:
     async def approve(self, flow_run: FlowRun) -> bool:
         if self.manual:
             self.out.print(
-                f"Waiting for your approval: the Prefect UI ({self.settings.prefect_url}"
-                f"/runs/flow-run/{flow_run.id}) or `gantry approve {flow_run.id} --as USER`."
+                f"Waiting for your approval: the Prefect UI "
+                f"({flow_run_url(flow_run.id, self.settings.prefect_url)}) or "
+                f"`gantry approve {flow_run.id} --as USER`."
             )
             return True
         self.out.print(

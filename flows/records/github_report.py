@@ -20,7 +20,7 @@ from blocks.github import DEFAULT_BLOCK_NAME, GitHubCredentials, load_github_cre
 from clients.github import GitHubClient, RetryPolicy, truncate
 from clients.github_errors import GitHubError, redact
 from clients.github_models import CommitState
-from core.links import flow_run_url as flow_run_url  # re-exported: history links runs too
+from core.links import flow_run_url
 from flows.results import StageResult, StageStatus
 
 logger = logging.getLogger("gantry.report")

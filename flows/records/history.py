@@ -25,8 +25,8 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel
 
 from core.identity import repository_slug
+from core.links import flow_run_url
 from flows.logs import step_logger
-from flows.records.github_report import flow_run_url
 from flows.results import RunContext
 
 # Runs of other PRs and branches come in between: look this far back, a page at a time.
