@@ -6,11 +6,13 @@ import contextvars
 import socket
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 
+from tests.webhooks import payloads
 from webhooks.app import create_app
 from webhooks.settings import ReceiverSettings
 from webhooks.store import DeliveryStore
@@ -66,3 +68,14 @@ class ServedReceiver:
         self.server.should_exit = True
         self.thread.join(20)
         self.sock.close()
+
+
+def receiver_settings(home: Path) -> ReceiverSettings:
+    """Settings for a receiver under test: a slow poll (deliveries are woken), short backoff."""
+    return ReceiverSettings(
+        webhook_secret=payloads.SECRET,
+        home=home,
+        webhook_poll_seconds=30,
+        webhook_backoff_initial=0.2,
+        webhook_backoff_cap=1.0,
+    )

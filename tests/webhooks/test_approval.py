@@ -23,12 +23,11 @@ from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.flows_for_tests import register_deployments
-from tests.webhooks.served import ServedReceiver
+from tests.webhooks.served import ServedReceiver, receiver_settings
 from webhooks.events import WAITING, Ignored, PipelineRequest, map_event
 from webhooks.settings import (
     APPROVAL_ENV,
     ApprovalPolicy,
-    ReceiverSettings,
     SettingsError,
     load_settings,
 )
@@ -157,16 +156,6 @@ def test_a_bad_approval_setting_refuses_to_start(
 
 
 # The real receiver over HTTP.
-
-
-def receiver_settings(home: Path) -> ReceiverSettings:
-    return ReceiverSettings(
-        webhook_secret=payloads.SECRET,
-        home=home,
-        webhook_poll_seconds=30,
-        webhook_backoff_initial=0.2,
-        webhook_backoff_cap=1.0,
-    )
 
 
 async def post(

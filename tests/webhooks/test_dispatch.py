@@ -28,9 +28,8 @@ from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.flows_for_tests import register_deployments
-from tests.webhooks.served import ServedReceiver
+from tests.webhooks.served import ServedReceiver, receiver_settings
 from webhooks.events import PipelineRequest, map_event
-from webhooks.settings import ReceiverSettings
 from webhooks.store import Delivery, DeliveryStore, SqliteStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -48,16 +47,6 @@ def deployed(prefect_server: PrefectServer) -> PrefectServer:
     with prefect_api(prefect_server.settings.prefect_api_url):
         asyncio.run(register_deployments())
     return prefect_server
-
-
-def receiver_settings(home: Path) -> ReceiverSettings:
-    return ReceiverSettings(
-        webhook_secret=payloads.SECRET,
-        home=home,
-        webhook_poll_seconds=30,
-        webhook_backoff_initial=0.2,
-        webhook_backoff_cap=1.0,
-    )
 
 
 @pytest.fixture
