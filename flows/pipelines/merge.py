@@ -103,7 +103,7 @@ async def _deliver(
         e2e = await run_stage(
             "e2e",
             run_against.with_options(task_run_name="e2e")(
-                "e2e", config.e2e, workspace, url, "staging", return_state=True
+                "e2e", config.e2e, config.sandbox, workspace, url, "staging", return_state=True
             ),
             observers.stages,
         )

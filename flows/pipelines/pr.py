@@ -32,7 +32,7 @@ def check_stage_calls(
         (
             stage,
             run_check.with_options(name=stage, task_run_name=stage, refresh_cache=no_cache)(
-                stage, config.checks, workspace, return_state=True
+                stage, config.checks, config.sandbox, workspace, return_state=True
             ),
         )
         for stage in CHECK_STAGES

@@ -271,6 +271,7 @@ async def _promote(
                     run_against.with_options(task_run_name="smoke")(
                         "smoke",
                         config.smoke or config.e2e,
+                        config.sandbox,
                         workspace,
                         url,
                         "production",

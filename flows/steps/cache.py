@@ -27,7 +27,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
-from flows.config import Checks, ConfigError, Sandbox, load_config
+from flows.config import Checks, Sandbox
 from flows.steps.sandbox.select import SandboxSettings
 
 # Bump when the meaning of a cached result changes (the runner, the result model, the key).
@@ -120,7 +120,11 @@ def step_key(
 
 
 def check_key(
-    stage: str, checks: Checks, workspace: Path, flow_parameters: Mapping[str, Any]
+    stage: str,
+    checks: Checks,
+    sandbox: Sandbox,
+    workspace: Path,
+    flow_parameters: Mapping[str, Any],
 ) -> str | None:
     """The cache key of one check stage; None (never cached) when it cannot be computed."""
     step = checks.step(stage)
@@ -131,9 +135,7 @@ def check_key(
         return None
     try:
         digest = inputs_digest(workspace, step.inputs)
-        # The step runs with the [sandbox] of the same gantry.toml (read as run_check reads it).
-        sandbox = load_config(workspace).sandbox
-    except (CacheKeyError, ConfigError, OSError, subprocess.TimeoutExpired):
+    except (CacheKeyError, OSError, subprocess.TimeoutExpired):
         return None
     shape = {"network": step.network, **sandbox.model_dump(exclude={"image"})}
     toolchain = toolchain_identity(sandbox, SandboxSettings().runner)
@@ -154,7 +156,11 @@ class CheckCachePolicy(CachePolicy):
     ) -> str | None:
         del task_ctx, kwargs
         return check_key(
-            inputs["stage"], inputs["checks"], Path(inputs["workspace"]), flow_parameters
+            inputs["stage"],
+            inputs["checks"],
+            inputs["sandbox"],
+            Path(inputs["workspace"]),
+            flow_parameters,
         )
 
 

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from flows.config import Checks, load_config
+from flows.config import Checks, Sandbox
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
 from flows.steps.cache import CACHE_EXPIRATION, CHECK_CACHE_POLICY
@@ -21,7 +21,9 @@ from flows.steps.sandbox.select import run_step
     cache_expiration=CACHE_EXPIRATION,
     persist_result=True,
 )
-async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageResult]:
+async def run_check(
+    stage: str, checks: Checks, sandbox: Sandbox, workspace: Path
+) -> State[StageResult]:
     """Run the ``stage`` command of ``[checks]`` inside the checkout; undeclared is skipped."""
     logger = step_logger(stage)
     step = checks.step(stage)
@@ -32,13 +34,14 @@ async def run_check(stage: str, checks: Checks, workspace: Path) -> State[StageR
         )
     timeout = checks.timeout_for(stage)
     logger.info("%s: running %s (timeout %.0f s)", stage, step.command, timeout)
-    # Repository code: only ever in a sandbox (its [sandbox] table is read from the checkout).
+    # Repository code: only ever in a sandbox. Its [sandbox] comes from the gantry.toml the
+    # pipeline parsed before any step ran: a step can rewrite the checkout's copy.
     result = await run_step(
         step.command,
         workspace,
         timeout,
         logger,
-        sandbox=load_config(workspace).sandbox,
+        sandbox=sandbox,
         env={**step.env, "GANTRY_STAGE": stage},
         network=step.network,
         prefix=f"[{stage}] ",

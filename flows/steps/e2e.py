@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
-from flows.config import E2E, Smoke, load_config
+from flows.config import E2E, Sandbox, Smoke
 from flows.logs import step_logger
 from flows.results import StageResult, StageStatus, stage_state
 from flows.steps.sandbox.select import run_step
@@ -16,7 +16,12 @@ from flows.steps.sandbox.select import run_step
 
 @task(name="e2e", cache_policy=NO_CACHE)
 async def run_against(
-    stage: str, command: E2E | Smoke | None, workspace: Path, target_url: str, environment: str
+    stage: str,
+    command: E2E | Smoke | None,
+    sandbox: Sandbox,
+    workspace: Path,
+    target_url: str,
+    environment: str,
 ) -> State[StageResult]:
     """Run ``command`` with GANTRY_TARGET_URL set; never cached: the environment is live state."""
     logger = step_logger(stage)
@@ -33,7 +38,7 @@ async def run_against(
         workspace,
         command.timeout,
         logger,
-        sandbox=load_config(workspace).sandbox,
+        sandbox=sandbox,
         env=env,
         network="outside" if command.network == "outside" else "target",
         target_url=target_url,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from flows.config import Checks
+from flows.config import Checks, Sandbox, load_config
 from flows.pipelines.pr import pr_pipeline
 from flows.pipelines.stages import PipelineSummary
 from flows.steps.cache import (
@@ -232,8 +232,10 @@ def test_a_fork_run_without_a_pull_request_number_is_never_cached(
     repo = make_repo("fork-no-pr")
     repo.commit({"gantry.toml": "", "src/a.py": "1"})
     checks = Checks.model_validate({"lint": {"command": ["true"]}})
-    assert check_key("lint", checks, repo.path, {"fork": True}) is None
-    assert check_key("lint", checks, repo.path, {"fork": True, "pr_number": 4}) is not None
+    assert check_key("lint", checks, Sandbox(), repo.path, {"fork": True}) is None
+    assert (
+        check_key("lint", checks, Sandbox(), repo.path, {"fork": True, "pr_number": 4}) is not None
+    )
 
 
 def test_the_key_follows_the_sandbox_toolchain_limits_and_network_of_gantry_toml(
@@ -246,13 +248,15 @@ def test_the_key_follows_the_sandbox_toolchain_limits_and_network_of_gantry_toml
     keys = []
     for toml in ("", '[sandbox]\nimage = "python:3.12"\n', "[sandbox]\nmemory_mb = 4096\n"):
         repo.commit({"gantry.toml": toml, "src/a.py": "1"})
-        keys.append(check_key("lint", checks, repo.path, {}))
+        sandbox = load_config(repo.path).sandbox  # parsed once by the pipeline, before any step
+        keys.append(check_key("lint", checks, sandbox, repo.path, {}))
     outside = Checks.model_validate({"lint": {**step, "network": "outside"}})
-    keys.append(check_key("lint", outside, repo.path, {}))
+    keys.append(check_key("lint", outside, sandbox, repo.path, {}))
     assert None not in keys
     assert len(set(keys)) == 4
-    repo.commit({"gantry.toml": "[checks\n"})
-    assert check_key("lint", checks, repo.path, {}) is None, "an unreadable gantry.toml: no key"
+    # A step that rewrites the checkout's gantry.toml changes neither the key nor the sandbox.
+    (repo.path / "gantry.toml").write_text("[checks\n")
+    assert check_key("lint", outside, sandbox, repo.path, {}) == keys[-1]
 
 
 def test_the_key_follows_the_toolchain_and_the_scope() -> None:
