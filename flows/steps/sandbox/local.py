@@ -112,6 +112,15 @@ def toolchain_args() -> list[str]:
     return args
 
 
+def git_dir_args(workspace: Path) -> list[str]:
+    """The checkout's ``.git`` read-only: the trusted side runs git in this checkout after the
+    step (cache keys, commit times), and a step that could write ``.git/config`` or hooks
+    (``core.fsmonitor``, ``core.hooksPath``) would have git run its code with the worker's
+    powers."""
+    git_dir = workspace.resolve() / ".git"
+    return ["--ro-bind", str(git_dir), str(CHECKOUT / ".git")] if git_dir.exists() else []
+
+
 def sandbox_path() -> str:
     dirs = [str(p / "bin") for p in reversed(python_prefixes())]
     return ":".join([*dirs, "/usr/local/bin", "/usr/bin", "/bin"])
@@ -167,6 +176,7 @@ class LocalRunner:
             "--bind",
             str(spec.workspace.resolve()),
             str(CHECKOUT),
+            *git_dir_args(spec.workspace),
             *binds,
             # The sandbox's own root (a tmpfs holding the mount points) is read-only too.
             "--remount-ro",

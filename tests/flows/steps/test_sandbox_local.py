@@ -404,3 +404,23 @@ def test_a_stack_reaps_its_own_leftover_sandboxes_and_no_other_stacks(
     while any(_host_pids_with(m) for m in markers.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [m for m in markers.values() if _host_pids_with(m)] == []
+
+
+def test_a_step_cannot_change_the_git_repository_the_trusted_side_reads(tmp_path: Path) -> None:
+    # The worker runs git in the checkout after a step: a core.fsmonitor written into
+    # .git/config would be the step's code run by git outside the sandbox.
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    config_before = (checkout / ".git" / "config").read_text()
+    script = (
+        "import pathlib; p = pathlib.Path('.git/config');"
+        "p.write_text(p.read_text() + '[core]\\n\\tfsmonitor = /tmp/evil\\n')"
+    )
+    result = run(StepSpec(argv=("python3", "-c", script), workspace=checkout, timeout=30))
+    assert not result.ok
+    assert "Read-only file system" in result.tail
+    assert (checkout / ".git" / "config").read_text() == config_before
+    # The rest of the checkout stays writable.
+    write = "import pathlib; pathlib.Path('out.txt').write_text('ok')"
+    assert run(StepSpec(argv=("python3", "-c", write), workspace=checkout, timeout=30)).ok
+    assert (checkout / "out.txt").read_text() == "ok"
