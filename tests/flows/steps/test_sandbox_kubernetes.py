@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp.web
 import pytest
-import yaml
 from kmock import Server
 from typing_extensions import override
 
@@ -31,7 +30,10 @@ from flows.steps.sandbox.kubernetes import (
     KubernetesSandboxSettings,
     pod_manifest,
 )
-from tests.flows.deploy.kubernetes.conftest import EMULATOR_TOKEN, ApiServerEmulator
+from tests.flows.deploy.kubernetes.conftest import (
+    ApiServerEmulator,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 NAMESPACE = "gantry-steps"
@@ -81,17 +83,7 @@ async def emulator() -> AsyncIterator[PodEmulator]:
 
 @pytest.fixture
 def runner(emulator: PodEmulator, tmp_path: Path) -> KubernetesRunner:
-    url = str(emulator.servers[0].url).rstrip("/")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "worker", "user": {"token": EMULATOR_TOKEN}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "worker"}}],
-        "current-context": "emulator",
-    }
-    path = tmp_path / "kubeconfig.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_kubeconfig(emulator, tmp_path / "kubeconfig.yaml", "worker")
     cluster = KubernetesTarget(
         cluster_config=KubernetesClusterConfig.from_file(path, context_name="emulator")
     )

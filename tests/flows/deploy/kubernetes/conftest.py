@@ -176,26 +176,29 @@ async def emulator() -> AsyncIterator[ApiServerEmulator]:
         yield handler
 
 
-@pytest.fixture
-def kubeconfig(emulator: ApiServerEmulator, tmp_path: Path) -> Path:
+def write_kubeconfig(
+    emulator: ApiServerEmulator, path: Path, user: str, namespace: str | None = None
+) -> Path:
     """A kubeconfig file for the emulator, as ``kubectl config`` would write one."""
     url = str(emulator.servers[0].url).rstrip("/")
+    context: dict[str, str] = {"cluster": "emulator", "user": user}
+    if namespace is not None:
+        context["namespace"] = namespace
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "deployer", "user": {"token": EMULATOR_TOKEN}}],
-        "contexts": [
-            {
-                "name": "emulator",
-                "context": {"cluster": "emulator", "user": "deployer", "namespace": "default"},
-            }
-        ],
+        "users": [{"name": user, "user": {"token": EMULATOR_TOKEN}}],
+        "contexts": [{"name": "emulator", "context": context}],
         "current-context": "emulator",
     }
-    path = tmp_path / "kubeconfig.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture
+def kubeconfig(emulator: ApiServerEmulator, tmp_path: Path) -> Path:
+    return write_kubeconfig(emulator, tmp_path / "kubeconfig.yaml", "deployer", "default")
 
 
 @pytest.fixture
