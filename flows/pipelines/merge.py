@@ -34,19 +34,28 @@ def not_reached(names: tuple[str, ...], why: str) -> list[StageResult]:
     return [StageResult(name=n, status=StageStatus.SKIPPED, detail=why) for n in names]
 
 
-def commit_time(workspace: Path, sha: str) -> datetime | None:
-    """When the change was committed: the start of its lead time to production."""
+def _show(workspace: Path, sha: str, field: str) -> str | None:
     shown = subprocess.run(
-        ["git", "-C", str(workspace), "show", "-s", "--format=%cI", sha],
+        ["git", "-C", str(workspace), "show", "-s", f"--format={field}", sha],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+    return shown.stdout.strip() if shown.returncode == 0 else None
+
+
+def commit_time(workspace: Path, sha: str) -> datetime | None:
+    """When the change was committed: the start of its lead time to production."""
     try:
-        return datetime.fromisoformat(shown.stdout.strip()) if shown.returncode == 0 else None
+        return datetime.fromisoformat(_show(workspace, sha, "%cI") or "")
     except ValueError:
         return None
+
+
+def commit_author(workspace: Path, sha: str) -> str | None:
+    """The commit's author email: who may not approve its release alone."""
+    return (_show(workspace, sha, "%ae") or "").lower() or None
 
 
 def merge_run_name() -> str:
@@ -121,6 +130,7 @@ async def _deliver(
             ),
             staging_url=url,
             commit_time=commit_time(workspace, context.sha),
+            commit_author=commit_author(workspace, context.sha),
         )
         await record_candidate(candidate)
         data["release_candidate"] = candidate.id

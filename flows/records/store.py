@@ -43,6 +43,8 @@ class ReleaseCandidate(BaseModel):
     e2e: str = "passed"
     staging_url: str | None = None
     commit_time: datetime | None = None
+    # The commit's author email: the release gate refuses their own approval unless allowed.
+    commit_author: str | None = None
     created_at: datetime = Field(default_factory=_now)
     # Filled in when read back: the flow run the Prefect server says wrote this record.
     recorded_by_run: str | None = None
