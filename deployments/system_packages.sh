@@ -5,7 +5,7 @@ set -euo pipefail
 
 # bubblewrap runs each repository command in its own namespaces; slirp4netns gives the steps
 # that opt into network "outside" a NAT with no route to the host's loopback.
-packages=(git podman buildah skopeo runc fuse-overlayfs uidmap docker-registry busybox-static debootstrap bubblewrap slirp4netns iproute2)
+packages=(git podman buildah skopeo runc fuse-overlayfs uidmap docker-registry busybox-static debootstrap bubblewrap slirp4netns iproute2 openssh-client)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
