@@ -2,7 +2,8 @@
 
 The connection itself (kubeconfig content and context) is prefect-kubernetes'
 ``KubernetesClusterConfig`` block; Gantry adds only what a deploy needs on top of it: the
-namespace of each environment, how long a rollout may take, and how often to look.
+namespace each environment is pinned to, the cluster-scoped kinds a deploy may apply, how long
+a rollout may take, and how often to look.
 The same block works for EKS, GKE or any API server a kubeconfig can name.
 """
 
@@ -20,10 +21,14 @@ from prefect.blocks.core import Block
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 from pydantic import Field, field_validator
 
+from core.redact import register_model_secrets
+
 __all__ = ["ClusterConfigError", "KubernetesClusterConfig", "KubernetesTarget"]
 
 # Namespace names are DNS labels (RFC 1123).
 _NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# A kind as the API names it: "ClusterRole", or with its group ("rbac.authorization.k8s.io/...").
+_KIND_PATTERN = r"^([a-z0-9.-]+/)?[A-Z][A-Za-z0-9]*$"
 
 
 class ClusterConfigError(RuntimeError):
@@ -33,9 +38,11 @@ class ClusterConfigError(RuntimeError):
 class KubernetesTarget(Block):
     """A Kubernetes cluster that staging and/or production deploy to.
 
-    ``namespaces`` maps an environment ("staging", "production") to its namespace. When an
-    environment has one, every namespaced object is deployed there and an overlay that names
-    another namespace is refused; without one, the overlay's ``namespace:`` decides.
+    Every environment is pinned to one namespace: the one ``namespaces`` maps it to, else
+    ``namespace_prefix`` + the environment's name ("staging" -> "staging"). Every rendered
+    object is placed there; an overlay whose objects name another namespace is refused, never
+    followed, so a staging overlay cannot reach production. Cluster-scoped kinds are refused
+    unless ``cluster_scoped_kinds`` names them.
     """
 
     _block_type_name = "Gantry Kubernetes target"
@@ -47,7 +54,22 @@ class KubernetesTarget(Block):
     )
     namespaces: dict[str, str] = Field(
         default_factory=dict,
-        description="Namespace per environment, e.g. {'staging': 'staging'}; else the overlay's.",
+        description=(
+            "Namespace per environment, e.g. {'staging': 'apps-staging'}; an environment not "
+            "listed deploys to namespace_prefix + its name. The overlay never decides."
+        ),
+    )
+    namespace_prefix: str = Field(
+        default="",
+        pattern=r"^([a-z0-9][-a-z0-9]{0,40})?$",
+        description="Prefix of the default namespace of an environment not in namespaces.",
+    )
+    cluster_scoped_kinds: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Cluster-scoped kinds a deploy may apply, e.g. ['ClusterRole'] or "
+            "['rbac.authorization.k8s.io/ClusterRole']; any other one is refused."
+        ),
     )
     rollout_timeout: float = Field(
         default=600.0,
@@ -79,6 +101,14 @@ class KubernetesTarget(Block):
                 )
         return value
 
+    @field_validator("cluster_scoped_kinds")
+    @classmethod
+    def _kinds_are_kind_names(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if not re.match(_KIND_PATTERN, kind):
+                raise ValueError(f"{kind!r} is not a kind such as 'ClusterRole'")
+        return value
+
     @classmethod
     def from_kubeconfig(
         cls, path: Path | str | None = None, context: str | None = None, **settings: Any
@@ -92,10 +122,24 @@ class KubernetesTarget(Block):
             raise ClusterConfigError(
                 f"cannot read kubeconfig {path or '~/.kube/config'}: {exc}"
             ) from exc
-        return cls(cluster_config=config, **settings)
+        target = cls(cluster_config=config, **settings)
+        # Read from a file is loaded all the same: its tokens and keys are masked from now on.
+        register_model_secrets(target)
+        return target
 
-    def namespace_for(self, environment: str) -> str | None:
-        return self.namespaces.get(environment)
+    def namespace_for(self, environment: str) -> str:
+        """The one namespace ``environment`` deploys to: configured, else the naming rule."""
+        namespace = self.namespaces.get(environment) or f"{self.namespace_prefix}{environment}"
+        if not re.match(_NAMESPACE_PATTERN, namespace):
+            raise ClusterConfigError(
+                f"environment {environment!r} has no valid namespace ({namespace!r}): "
+                "set one in the target block's namespaces"
+            )
+        return namespace
+
+    def allows_cluster_scoped(self, api_version: str, kind: str) -> bool:
+        group = api_version.rpartition("/")[0]
+        return kind in self.cluster_scoped_kinds or f"{group}/{kind}" in self.cluster_scoped_kinds
 
     @contextlib.asynccontextmanager
     async def api_client(self) -> AsyncIterator[ApiClient]:

@@ -8,7 +8,7 @@ expected, instead of surfacing as a confusing step failure later.
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -106,6 +106,23 @@ class Deploy(_Strict):
 
     manifests: str = "deploy"
     timeout: float = Field(default=300.0, gt=0)
+
+    @field_validator("manifests")
+    @classmethod
+    def _inside_the_checkout(cls, value: str) -> str:
+        # Lexically here; the deploy stage resolves symlinks against the checkout itself.
+        path = PurePosixPath(value)
+        if (
+            not value.strip()
+            or "\0" in value
+            or path.is_absolute()
+            or PureWindowsPath(value).is_absolute()
+            or value.startswith("~")
+        ):
+            raise ValueError(f"{value!r} must be a relative path inside the repository")
+        if ".." in path.parts or ".." in PureWindowsPath(value).parts:
+            raise ValueError(f"{value!r} must not contain '..': it stays inside the repository")
+        return value
 
 
 class E2E(_Strict):

@@ -23,7 +23,13 @@ from docker.models.containers import Container
 from clients.retry import RetryPolicy, retry_call
 from core.ports import free_port
 from flows.config import Image
-from flows.deploy.targets import DeployError, DeployOutcome, DeployRequest, Environment
+from flows.deploy.targets import (
+    DeployError,
+    DeployOutcome,
+    DeployRequest,
+    Environment,
+    confined_manifests,
+)
 from flows.logs import step_logger
 
 LABEL = "dev.gantry"
@@ -297,6 +303,9 @@ class LocalContainerTarget:
         )
 
     async def deploy(self, request: DeployRequest) -> DeployOutcome:
+        # Containers need no manifests, but a checkout whose manifests lead out of it is refused
+        # here as on every target: the deploy stage never reads outside the checkout.
+        confined_manifests(request, required=False)
         return await asyncio.to_thread(self.deploy_sync, request)
 
     def remove_environment(self, repository_slug: str, environment: Environment) -> None:

@@ -92,6 +92,7 @@ async def _deliver(
         images=images,
         image_specs=config.images,
         manifests_dir=workspace / config.deploy.manifests if config.deploy else None,
+        workspace=workspace,
         commit_sha=context.sha,
         timeout=config.deploy.timeout if config.deploy else 300.0,
     )

@@ -243,6 +243,7 @@ async def _promote(
                 images=candidate.images,
                 image_specs=config.images,
                 manifests_dir=workspace / config.deploy.manifests if config.deploy else None,
+                workspace=workspace,
                 commit_sha=candidate.commit_sha,
                 timeout=config.deploy.timeout if config.deploy else 300.0,
             )

@@ -104,3 +104,24 @@ def test_sandbox_table_and_network_keys_parse_with_defaults() -> None:
 def test_unknown_network_value_is_refused_with_the_key() -> None:
     with pytest.raises(ConfigError, match=r"checks\.lint"):
         parse_config('[checks.lint]\ncommand = ["ruff"]\nnetwork = "host"\n')
+
+
+@pytest.mark.parametrize(
+    ("manifests", "expected"),
+    [
+        ("/etc", "must be a relative path inside the repository"),
+        ("~/deploy", "must be a relative path inside the repository"),
+        ("", "must be a relative path inside the repository"),
+        ("../other-service/deploy", "must not contain '..'"),
+        ("deploy/../../outside", "must not contain '..'"),
+    ],
+)
+def test_deploy_manifests_must_stay_inside_the_repository(manifests: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=f"deploy.manifests: .*{expected}"):
+        parse_config(f"[deploy]\nmanifests = {manifests!r}\n")
+
+
+def test_a_nested_relative_manifests_path_is_accepted() -> None:
+    config = parse_config('[deploy]\nmanifests = "infra/k8s"\n')
+    assert config.deploy is not None
+    assert config.deploy.manifests == "infra/k8s"

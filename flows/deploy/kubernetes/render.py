@@ -3,8 +3,10 @@
 ``kubectl kustomize`` renders ``<manifests>/overlays/<environment>`` through a throwaway
 kustomization that sets every image to its pushed digest (kustomize's own ``images``
 transformer, so every container and init container of every workload kind is covered).
-Gantry then labels each object for its repository and environment and validates every object
-against the Kubernetes schemas: nothing reaches a cluster unless all of it is valid.
+Gantry then pins every object to the environment's namespace (an object that names another
+one is refused: the overlay never chooses where an environment lands), labels each object for
+its repository and environment and validates every object against the Kubernetes schemas:
+nothing reaches a cluster unless all of it is valid.
 """
 
 from __future__ import annotations
@@ -194,6 +196,26 @@ def place_images(objects: list[dict[str, Any]], images: dict[str, str]) -> list[
             "each gantry.toml image under 'images:' and a container must use that name"
         )
     return placements
+
+
+def pin_namespace(objects: list[dict[str, Any]], environment: str, namespace: str) -> None:
+    """Place every object in ``namespace``; refuse, naming each, objects that name another.
+
+    A staging overlay that says ``namespace: production`` (or one object that does) is an
+    error, not a redirect. Cluster-scoped objects are told apart later, by the API's discovery.
+    """
+    strays = []
+    for obj in objects:
+        metadata = obj.setdefault("metadata", {})
+        rendered = metadata.get("namespace")
+        if rendered and rendered != namespace:
+            strays.append(f"{object_id(obj)} names namespace {rendered!r}")
+        metadata["namespace"] = namespace
+    if strays:
+        raise ManifestError(
+            f"{environment} deploys only to namespace {namespace!r}; nothing was applied: "
+            + "; ".join(strays)
+        )
 
 
 def label_objects(

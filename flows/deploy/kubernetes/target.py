@@ -1,8 +1,10 @@
 """The Kubernetes deploy target: render, validate, apply by digest, wait, roll back on failure.
 
 1. Offline, before the cluster is contacted: render the environment's kustomize overlay with
-   every image set to its pushed digest, label every object for its repository and
-   environment, and validate every object against the Kubernetes schemas.
+   every image set to its pushed digest, pin every object to the environment's namespace
+   (refusing one that names another), label every object for its repository and environment,
+   and validate every object against the Kubernetes schemas. Then, by discovery and still
+   before any write, refuse cluster-scoped kinds the target block does not allow.
 2. Read the live Deployments to remember which images ran before.
 3. Server-side apply every object (field manager "gantry").
 4. Wait for each Deployment's rollout within the deploy's time.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from blocks.cluster import ClusterConfigError, KubernetesTarget
+from blocks.saved import load_saved_block
 from flows.deploy.kubernetes.api import ClusterError, KubeApi, ResourceType
 from flows.deploy.kubernetes.render import (
     COMMIT_ANNOTATION,
@@ -33,6 +36,7 @@ from flows.deploy.kubernetes.render import (
     containers,
     label_objects,
     object_id,
+    pin_namespace,
     place_images,
     render_overlay,
     validate_objects,
@@ -43,7 +47,13 @@ from flows.deploy.kubernetes.rollout import (
     RolloutTimeoutError,
     wait_for_rollouts,
 )
-from flows.deploy.targets import DeployError, DeployOutcome, DeployRequest, Environment
+from flows.deploy.targets import (
+    DeployError,
+    DeployOutcome,
+    DeployRequest,
+    Environment,
+    confined_manifests,
+)
 from flows.logs import step_logger
 
 __all__ = ["KubernetesDeployTarget"]
@@ -74,8 +84,12 @@ class KubernetesDeployTarget:
 
     @classmethod
     async def load(cls, block_name: str) -> KubernetesDeployTarget:
-        """The target from a saved ``Gantry Kubernetes target`` block."""
-        block = await KubernetesTarget.aload(block_name)
+        """The target from a saved ``Gantry Kubernetes target`` block (its secrets masked)."""
+        block = await load_saved_block(KubernetesTarget, block_name)
+        if block is None:
+            raise ManifestError(
+                f"the Kubernetes target block {block_name!r} cannot be read (see the log)"
+            )
         return cls(block)
 
     @classmethod
@@ -88,10 +102,11 @@ class KubernetesDeployTarget:
     async def current(self, repository_slug: str, environment: Environment) -> dict[str, str]:
         labels = _labels(repository_slug, environment)
         try:
+            namespace = self.target.namespace_for(environment)
             async with self.target.api_client() as client:
                 api = KubeApi(client, self.target.field_manager)
                 rtype = await api.resource_type("apps/v1", "Deployment")
-                live = await api.select(rtype, self.target.namespace_for(environment), labels)
+                live = await api.select(rtype, namespace, labels)
         except (ClusterError, ClusterConfigError) as exc:
             raise DeployError(f"cannot read what runs in {environment}: {exc}", False, {}) from exc
         running: dict[str, str] = {}
@@ -105,11 +120,17 @@ class KubernetesDeployTarget:
 
     async def deploy(self, request: DeployRequest) -> DeployOutcome:
         logger = step_logger(f"deploy-{request.environment}")
-        if request.manifests_dir is None:
+        manifests = confined_manifests(request, required=True)
+        if manifests is None:
             raise ManifestError("a Kubernetes deploy needs the repository's manifests directory")
         if not request.images:
             raise ManifestError("nothing to deploy: no images")
-        objects = await render_overlay(request.manifests_dir, request.environment, request.images)
+        try:
+            namespace = self.target.namespace_for(request.environment)
+        except ClusterConfigError as exc:
+            raise ManifestError(str(exc)) from exc
+        objects = await render_overlay(manifests, request.environment, request.images)
+        pin_namespace(objects, request.environment, namespace)
         placements = place_images(objects, request.images)
         label_objects(
             objects, placements, request.repository_slug, request.environment, request.commit_sha
@@ -159,31 +180,29 @@ class KubernetesDeployTarget:
     async def _plan(
         self, api: KubeApi, objects: list[dict[str, Any]], environment: str
     ) -> list[_Planned]:
-        """Resolve every kind and namespace before the first write: refuse, or apply all."""
-        wanted = self.target.namespace_for(environment)
+        """Resolve every kind before the first write: refuse, or apply all.
+
+        Every object is already pinned to the environment's namespace; a cluster-scoped one
+        is applied only when the target block allows its kind, and then without a namespace.
+        """
         plan: list[_Planned] = []
+        refused: list[str] = []
         for obj in objects:
             rtype = await api.resource_type(str(obj["apiVersion"]), str(obj["kind"]))
             metadata = obj["metadata"]
-            if not rtype.namespaced:
-                raise ManifestError(
-                    f"{object_id(obj)} is cluster-scoped; Gantry deploys namespaced objects only "
-                    "(create namespaces and cluster roles with the infrastructure code)"
-                )
-            rendered = metadata.get("namespace")
-            if wanted and rendered and rendered != wanted:
-                raise ManifestError(
-                    f"{object_id(obj)} is in namespace {rendered!r}, but {environment} deploys "
-                    f"to {wanted!r}"
-                )
-            namespace = wanted or rendered
-            if not namespace:
-                raise ManifestError(
-                    f"{object_id(obj)} has no namespace: set one in the overlay or in the "
-                    f"target block for {environment}"
-                )
-            metadata["namespace"] = namespace
-            plan.append(_Planned(obj, rtype, namespace))
+            if rtype.namespaced:
+                plan.append(_Planned(obj, rtype, str(metadata["namespace"])))
+            elif self.target.allows_cluster_scoped(rtype.api_version, rtype.kind):
+                metadata.pop("namespace", None)
+                plan.append(_Planned(obj, rtype, None))
+            else:
+                refused.append(object_id(obj))
+        if refused:
+            raise ManifestError(
+                f"{environment}: cluster-scoped {', '.join(refused)} not allowed, nothing was "
+                "applied (create them with the infrastructure code, or list the kind in the "
+                "target block's cluster_scoped_kinds)"
+            )
         return plan
 
 

@@ -31,7 +31,8 @@ async def test_a_target_built_from_a_kubeconfig_keeps_its_context_and_settings(
     assert isinstance(block.cluster_config, KubernetesClusterConfig)
     assert block.cluster_config.context_name == "emulator"
     assert block.namespace_for("production") == "prod"
-    assert block.namespace_for("staging") is None
+    # Not in the map: the naming rule, never "whatever the overlay says".
+    assert block.namespace_for("staging") == "staging"
     assert block.rollout_timeout == 120
     # The protocol the pipeline flows call.
     as_protocol: DeployTarget = target

@@ -39,6 +39,7 @@ def request(
         environment="staging",
         images={"tasks-api": image},
         manifests_dir=manifests,
+        workspace=manifests.parent,
         commit_sha=sha,
         timeout=timeout,
     )
@@ -235,10 +236,11 @@ async def test_an_overlay_aiming_at_another_namespace_is_refused_before_any_writ
 ) -> None:
     guarded = target_block.model_copy(update={"namespaces": {"staging": "staging-eu"}})
 
-    with pytest.raises(DeployError, match="in namespace 'staging', but staging deploys to"):
+    with pytest.raises(DeployError, match="names namespace 'staging'") as caught:
         await KubernetesDeployTarget(guarded).deploy(request(manifests, NEW))
 
-    assert emulator.writes() == []
+    assert "staging deploys only to namespace 'staging-eu'" in str(caught.value)
+    assert emulator.received() == []
 
 
 async def test_the_target_namespace_applies_when_the_overlay_names_none(
