@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from blocks.saved import load_saved_block
+from core.redact import register_model_secrets
 
 logger = logging.getLogger("gantry.github")
 
@@ -130,7 +131,7 @@ def github_credentials_from_env(env: Mapping[str, str] | None = None) -> GitHubC
             installation_id = int(installation)
         except ValueError as exc:
             raise ValueError(f"{ENV_APP_INSTALLATION_ID} must be an integer") from exc
-    return GitHubCredentials(
+    credentials = GitHubCredentials(
         api_url=env.get(ENV_API_URL, "").strip() or DEFAULT_API_URL,
         token=SecretStr(token) if token else None,
         app_id=app_id or None,
@@ -138,6 +139,9 @@ def github_credentials_from_env(env: Mapping[str, str] | None = None) -> GitHubC
         installation_id=installation_id,
         ui_url=env.get(ENV_UI_URL) or None,
     )
+    # Loaded from the environment is loaded all the same: masked from now on.
+    register_model_secrets(credentials)
+    return credentials
 
 
 async def load_github_credentials(

@@ -2,7 +2,10 @@
 
 A pipeline must not fail because the Prefect server is down or a block is missing or invalid:
 each loader then uses the environment. A loaded block's secrets are registered for redaction at
-once, so they are masked in every log line that follows.
+once, so they are masked in every log line, report and message that follows: every ``SecretStr``,
+``SecretBytes`` and ``SecretDict`` field (a PEM private key whole and line by line), nested
+blocks' too, and the credential entries of plain mappings such as a kubeconfig's tokens, keys
+and certificate data.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Every secret Gantry loads (block fields, environment variables) is registered here, and every
 log handler carries ``RedactingFilter``, so a secret that reaches a log line, an exception
-message or a traceback is masked before any handler formats it. Known shapes (bearer headers,
-webhook signatures, GitHub tokens, credential query parameters and key/value pairs) are masked
-whether or not they were registered.
+message or a traceback is masked before any handler formats it. Text written anywhere else a
+person reads (run reports, GitHub) goes through ``redact`` too. Known shapes (bearer headers,
+webhook signatures, GitHub tokens, PEM private keys, credential query parameters and key/value
+pairs) are masked whether or not they were registered.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Secret, SecretBytes, SecretStr
 
 MASK = "[redacted]"
 
@@ -49,6 +50,24 @@ _SHAPES = re.compile(
     r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # user:password in URLs
 )
 
+# A PEM private key block, whatever its type (RSA, EC, OPENSSH, ENCRYPTED): from its BEGIN line
+# to its END line, or to the end of the text when the END was cut off; and the tail of one whose
+# BEGIN was cut off (base64 lines up to the END line), as a last lines excerpt would show it.
+_PEM_PRIVATE_KEY = re.compile(
+    r"-----BEGIN (?P<kind>[A-Z0-9 ]*)PRIVATE KEY-----"
+    r"(?:.*?-----END (?P=kind)PRIVATE KEY-----|.*\Z)"
+    r"|(?:^[ \t]*[A-Za-z0-9+/=]{16,}[ \t]*\r?\n)+[ \t]*-----END [A-Z0-9 ]*PRIVATE KEY-----",
+    re.DOTALL | re.MULTILINE,
+)
+_PEM_MASK = "[redacted private key]"
+_PEM_HEADER = re.compile(r"^-----(?:BEGIN|END) [A-Z0-9 ]+-----$")
+# Keys of plain mappings (a kubeconfig inside a block) whose values are credentials: tokens,
+# passwords, secrets, keys and the base64 key/certificate data fields.
+_SECRET_KEY = re.compile(
+    r"token|password|passwd|secret|private[_-]?key|api[_-]?key|client[_-]?key|-data$",
+    re.IGNORECASE,
+)
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern[str] | None = None
@@ -60,8 +79,19 @@ def _variants(value: str) -> set[str]:
     return {v for v in variants if len(v) >= MIN_SECRET_LENGTH}
 
 
+def _pem_lines(value: str) -> set[str]:
+    """Each line of a PEM block but its BEGIN/END headers: one line alone must not leak either."""
+    if "-----BEGIN " not in value:
+        return set()
+    lines = {line.strip() for line in value.replace("\\n", "\n").splitlines()}
+    return {line for line in lines if line and not _PEM_HEADER.match(line)}
+
+
 def register_secret(value: str | SecretStr | None) -> None:
-    """Mask ``value`` wherever it appears from now on. Empty and very short values are ignored."""
+    """Mask ``value`` wherever it appears from now on. Empty and very short values are ignored.
+
+    A PEM block is registered whole and line by line, so an excerpt cut from it is masked too.
+    """
     global _secret_pattern
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
@@ -69,6 +99,8 @@ def register_secret(value: str | SecretStr | None) -> None:
         return
     with _lock:
         new = _variants(value.strip()) | _variants(value)
+        for line in _pem_lines(value):
+            new |= _variants(line)
         if new <= _secrets:
             return
         _secrets.update(new)
@@ -82,14 +114,42 @@ def register_secrets(values: Iterable[str | SecretStr | None]) -> None:
         register_secret(value)
 
 
+def _register_all(value: Any) -> None:
+    """Every string inside a value that is secret as a whole (a ``SecretDict``'s content)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        register_secret(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _register_all(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _register_all(item)
+
+
+def _register_found(value: Any, key: str = "") -> None:
+    """Secret types anywhere in ``value``; in plain mappings, values under credential keys."""
+    if isinstance(value, SecretStr | SecretBytes | Secret):
+        _register_all(value.get_secret_value())
+    elif isinstance(value, BaseModel):
+        register_model_secrets(value)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _register_found(item, str(name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _register_found(item, key)
+    elif isinstance(value, str) and key and _SECRET_KEY.search(key):
+        register_secret(value)
+
+
 def register_model_secrets(model: BaseModel) -> None:
-    """Register every ``SecretStr`` field of ``model`` (a Prefect block, a settings object)."""
+    """Register every secret of ``model`` (a Prefect block, a settings object): its
+    ``SecretStr``/``SecretBytes``/``SecretDict`` fields, nested models', and credential-named
+    entries of plain mappings (a kubeconfig's tokens, passwords and key/certificate data)."""
     for name in type(model).model_fields:
-        value = getattr(model, name, None)
-        if isinstance(value, SecretStr):
-            register_secret(value)
-        elif isinstance(value, BaseModel):
-            register_model_secrets(value)
+        _register_found(getattr(model, name, None), name)
 
 
 def forget_secrets() -> None:
@@ -106,6 +166,8 @@ def _mask_key_value(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with registered secrets and credential-shaped strings masked."""
+    # PEM blocks first: masked whole, before registered lines would leave a mask per line.
+    text = _PEM_PRIVATE_KEY.sub(_PEM_MASK, text)
     pattern = _secret_pattern
     if pattern is not None:
         text = pattern.sub(MASK, text)
