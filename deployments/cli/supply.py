@@ -3,7 +3,7 @@
 Lines are printed plain (no table, no wrapping), so an image reference or a digest is never
 broken and can be copied from the terminal. Registry credentials come from
 ``GANTRY_REGISTRY_USERNAME`` / ``GANTRY_REGISTRY_PASSWORD``; the trusted keys from
-``GANTRY_SUPPLY_TRUSTED_KEYS`` (default: the state folder's ``supply/trusted-keys``).
+``GANTRY_SUPPLY_TRUSTED_KEYS`` (default: the state folder's ``provenance-trusted-keys``).
 """
 
 from __future__ import annotations

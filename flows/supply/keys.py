@@ -1,9 +1,10 @@
 """The provenance signing key and the public keys trusted to have signed provenance.
 
 One ECDSA P-256 key signs (what ``cosign generate-key-pair`` makes, so ``cosign
-verify-attestation --key`` accepts its public key). It lives on the trusted side only: locally a
-0600 PEM file in the state folder, generated once; in production a Kubernetes Secret mounted as
-a file (``GANTRY_SUPPLY_SIGNING_KEY``). Verifiers trust every public key in one folder
+verify-attestation --key`` accepts its public key). It lives on the trusted side only: locally
+the state folder's 0600 ``provenance-signing.pem`` (a secret file of ``core.statefiles``),
+generated once; in production a Kubernetes Secret mounted as a file
+(``GANTRY_SUPPLY_SIGNING_KEY``). Verifiers trust every public key in one folder
 (``GANTRY_SUPPLY_TRUSTED_KEYS``), each known by its key id, so two keys can be valid at once
 while one replaces the other, and removing a file revokes a key.
 """
@@ -11,7 +12,6 @@ while one replaces the other, and removing a file revokes a key.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.settings import StackSettings
+from core.statefiles import secret_file
 
-SIGNING_KEY_NAME = "signing-key.pem"
-PUBLIC_KEY_NAME = "signing-key.pub"
-TRUSTED_DIR_NAME = "trusted-keys"
+SIGNING_KEY_NAME = "provenance-signing.pem"
+PUBLIC_KEY_NAME = "provenance-signing.pub"
+TRUSTED_DIR_NAME = "provenance-trusted-keys"
 
 
 class SupplyKeyError(RuntimeError):
@@ -42,12 +43,10 @@ class SupplySettings(BaseSettings):
     builder_id: str | None = Field(default=None, description="the worker's identity")
 
     def key_path(self, stack: StackSettings | None = None) -> Path:
-        return (
-            self.signing_key or (stack or StackSettings()).state_dir / "supply" / SIGNING_KEY_NAME
-        )
+        return self.signing_key or (stack or StackSettings()).state_dir / SIGNING_KEY_NAME
 
     def trusted_dir(self, stack: StackSettings | None = None) -> Path:
-        default = (stack or StackSettings()).state_dir / "supply" / TRUSTED_DIR_NAME
+        default = (stack or StackSettings()).state_dir / TRUSTED_DIR_NAME
         return self.trusted_keys or default
 
     def builder(self, stack: StackSettings | None = None) -> str:
@@ -112,14 +111,6 @@ class SigningKey:
         )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the first byte (never chmod after): no moment where others may read it.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def trust(public_key: ec.EllipticCurvePublicKey, folder: Path) -> Path:
     """Add ``public_key`` to the trusted folder as ``<keyid>.pub``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,13 +134,17 @@ def load_signing_key(
             # A configured key that is missing is an operator's mistake, not a reason to mint
             # a new identity nobody trusts.
             raise SupplyKeyError(f"no signing key at {path}")
-        key = SigningKey.generate()
-        try:
-            _write_private(path, key.private_pem())
-        except FileExistsError:
-            return SigningKey.from_pem(path.read_bytes(), str(path))  # another process won
-        (path.parent / PUBLIC_KEY_NAME).write_bytes(public_pem(key.public_key))
-        trust(key.public_key, settings.trusted_dir(stack))
+        made: list[SigningKey] = []
+
+        def generate() -> str:
+            made.append(SigningKey.generate())
+            return made[0].private_pem().decode()
+
+        # Written 0600 whole or not at all; when another process won the race, its key is ours.
+        key = SigningKey.from_pem(secret_file(path, generate).encode(), str(path))
+        if made and made[0].keyid == key.keyid:
+            (path.parent / PUBLIC_KEY_NAME).write_bytes(public_pem(key.public_key))
+            trust(key.public_key, settings.trusted_dir(stack))
         return key
     try:
         pem = path.read_bytes()
