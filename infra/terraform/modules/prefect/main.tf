@@ -156,3 +156,34 @@ resource "kubernetes_config_map_v1" "receiver" {
     DD_ENV                           = var.environment
   }
 }
+
+# Supply chain: the key that signs each pushed image's provenance lives in Secrets Manager and
+# reaches the cluster only as this Secret (mounted read-only into flow runs, never the steps'
+# namespace); the public keys releases trust are not secret and travel as a ConfigMap.
+data "aws_secretsmanager_secret_version" "provenance_signing_key" {
+  count     = var.provenance_signing_key_secret_arn == null ? 0 : 1
+  secret_id = var.provenance_signing_key_secret_arn
+}
+
+resource "kubernetes_secret_v1" "provenance_signing_key" {
+  count = var.provenance_signing_key_secret_arn == null ? 0 : 1
+  metadata {
+    name      = "gantry-provenance-signing-key"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = {
+    "provenance-signing.pem" = data.aws_secretsmanager_secret_version.provenance_signing_key[0].secret_string
+  }
+}
+
+resource "kubernetes_config_map_v1" "provenance_trusted_keys" {
+  metadata {
+    name      = "gantry-provenance-trusted-keys"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = var.provenance_trusted_public_keys
+}

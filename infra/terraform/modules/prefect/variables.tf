@@ -95,3 +95,15 @@ variable "tags" {
   description = "Labels added to Kubernetes objects this module creates directly."
   default     = {}
 }
+
+variable "provenance_signing_key_secret_arn" {
+  type        = string
+  default     = null
+  description = "Secrets Manager secret whose string is the PEM ECDSA P-256 key that signs image provenance; it reaches flow runs as the gantry-provenance-signing-key Secret. Null: no signing key, so no release verifies."
+}
+
+variable "provenance_trusted_public_keys" {
+  type        = map(string)
+  default     = {}
+  description = "PEM public keys trusted to have signed provenance, by file name (<keyid>.pub): one, or two while the signing key is rotated."
+}
