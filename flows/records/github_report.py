@@ -18,9 +18,10 @@ from prefect.logging import get_run_logger
 
 from blocks.github import DEFAULT_BLOCK_NAME, GitHubCredentials, load_github_credentials
 from clients.github import GitHubClient, RetryPolicy, truncate
-from clients.github_errors import GitHubError, redact
+from clients.github_errors import GitHubError
 from clients.github_models import CommitState
 from core.links import flow_run_url
+from flows.records.markdown import clean, one_line
 from flows.results import StageResult, StageStatus
 
 logger = logging.getLogger("gantry.report")
@@ -32,7 +33,8 @@ FinalDeploymentState = Literal["success", "failure", "error", "inactive"]
 # or limited GitHub delays a stage by a bounded amount and never fails it.
 REPORT_POLICY = RetryPolicy(attempts=4, backoff=1.0, backoff_cap=8.0, max_wait=60.0)
 REPORT_TIMEOUT = 90.0
-# Stage details can quote tool output: only the first line goes to GitHub, and it is shortened.
+# Stage details can quote tool output: only the first line goes to GitHub, shortened, redacted
+# (registered secrets and credential shapes, core.redact) and without control characters.
 _DETAIL_LIMIT = 100
 
 
@@ -51,8 +53,9 @@ def _flow_run_id() -> str | None:
 
 
 def _first_line(text: str) -> str:
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    return truncate(redact(line), _DETAIL_LIMIT)
+    # Cleaned whole first: a PEM key or a secret spanning lines is masked before the cut.
+    line = next((part.strip() for part in clean(text).splitlines() if part.strip()), "")
+    return truncate(one_line(line, len(line)), _DETAIL_LIMIT)
 
 
 def describe(result: StageResult) -> tuple[CommitState, str]:

@@ -3,6 +3,8 @@
 The table (key ``<pipeline>-summary``, one row per stage) is what the CLI reads back; the
 markdown report (``<pipeline>-report``) adds what a person asks next: which images, what the
 scan found, where it was deployed, and how the previous run of the same PR or branch went.
+Everything a step wrote (details, the last lines of a failed step) is redacted and escaped by
+``flows.records.markdown``: it can neither show a secret nor forge the report around it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prefect.context import FlowRunContext
 
 from flows.config import SEVERITY_ORDER
 from flows.records.history import PreviousRun, previous_run
+from flows.records.markdown import clean, code_span, escape_inline, fenced
 from flows.results import RunContext, StageResult, StageStatus
 
 STATUS_ICONS = {"passed": "✅", "cached": "♻️", "failed": "❌", "skipped": "⏭️", "cancelled": "🚫"}
@@ -44,19 +47,16 @@ def stage_rows(stages: list[StageResult]) -> list[dict[str, Any]]:
             "stage": s.name,
             "status": s.status.value,
             "seconds": round(s.seconds, 2),
-            "detail": (s.detail or "")[:300],
+            "detail": clean(s.detail or "")[:300],
             "cached_from": s.cached_from or "",
         }
         for s in stages
     ]
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
-
-
 def _link(url: str) -> str:
-    return f"[{url}]({url})" if _LINKABLE.fullmatch(url) else f"`{url}`"
+    url = clean(url)
+    return f"[{escape_inline(url)}]({url})" if _LINKABLE.fullmatch(url) else code_span(url)
 
 
 def _stage(stages: list[StageResult], name: str) -> StageResult | None:
@@ -86,19 +86,23 @@ def scan_lines(stages: list[StageResult]) -> list[str]:
         return []
     head = "**Scan findings**:"
     if scan.status == StageStatus.SKIPPED:
-        return [f"{head} not run: {_one_line(scan.detail) or 'skipped'}"]
+        return [f"{head} not run: {escape_inline(scan.detail) or 'skipped'}"]
     counts = _severity_counts(scan.data)
     if counts is None:
         # Snyk did not answer (timeout, refused token) or the stage was cancelled: no counts
         # is not the same as no findings.
-        why = _one_line(scan.detail) or scan.status.value
+        why = escape_inline(scan.detail) or scan.status.value
         return [f"{head} unknown, the scan did not complete: {why}"]
     parts = [f"{severity} {counts.get(severity, 0)}" for severity in SEVERITIES]
-    parts += [f"{severity} {n}" for severity, n in counts.items() if severity not in SEVERITIES]
+    parts += [
+        f"{escape_inline(severity)} {n}"
+        for severity, n in counts.items()
+        if severity not in SEVERITIES
+    ]
     line = f"{head} {', '.join(parts)}"
     fail_on = scan.data.get("fail_on")
     if fail_on:
-        line += f" (fails at {fail_on} or worse)"
+        line += f" (fails at {escape_inline(str(fail_on))} or worse)"
     return [line]
 
 
@@ -111,21 +115,21 @@ def image_lines(stages: list[StageResult], data: Mapping[str, Any]) -> list[str]
         for name, entry in built.items():
             if isinstance(entry, Mapping) and entry.get("ref"):
                 # A local image id, not a registry digest: nothing was pushed (yet).
-                image_id = f", image id `{entry['id']}`" if entry.get("id") else ""
-                shown[str(name)] = f"`{entry['ref']}` (built, not pushed{image_id})"
+                image_id = f", image id {code_span(str(entry['id']))}" if entry.get("id") else ""
+                shown[str(name)] = f"{code_span(str(entry['ref']))} (built, not pushed{image_id})"
     push = _stage(stages, "push")
     pushed = push.data.get("images") if push is not None else None
     if isinstance(pushed, Mapping):
         for name, entry in pushed.items():
             if isinstance(entry, Mapping) and (entry.get("pinned") or entry.get("digest")):
-                shown[str(name)] = f"`{entry.get('pinned') or entry['digest']}`"
+                shown[str(name)] = code_span(str(entry.get("pinned") or entry["digest"]))
     # The pipeline's own record (merge: what was deployed; release: the candidate's digests).
     recorded = data.get("images")
     if isinstance(recorded, Mapping):
         for name, ref in recorded.items():
             if isinstance(ref, str) and ref:
-                shown[str(name)] = f"`{ref}`"
-    return [f"- `{name}` → {ref}" for name, ref in sorted(shown.items())]
+                shown[str(name)] = code_span(ref)
+    return [f"- {code_span(name)} → {ref}" for name, ref in sorted(shown.items())]
 
 
 def url_lines(data: Mapping[str, Any]) -> list[str]:
@@ -137,9 +141,11 @@ def url_lines(data: Mapping[str, Any]) -> list[str]:
 
 
 def previous_line(previous: PreviousRun) -> str:
-    name = previous.name.replace("[", "\\[").replace("]", "\\]")
-    shown = f"[{name}]({previous.url})" if previous.url else name
-    return f"Previous run of {previous.subject}: {shown} ({previous.state})"
+    name = escape_inline(previous.name)
+    url = previous.url
+    shown = f"[{name}]({url})" if url and _LINKABLE.fullmatch(url) else name
+    subject, state = escape_inline(previous.subject), escape_inline(previous.state)
+    return f"Previous run of {subject}: {shown} ({state})"
 
 
 def render_markdown(
@@ -156,8 +162,8 @@ def render_markdown(
     lines += ["| stage | status | s | detail |", "|---|---|---|---|"]
     for s in stages:
         icon = STATUS_ICONS.get(s.status.value, "")
-        detail = _one_line(s.detail or "").replace("|", "\\|")
-        lines.append(f"| {s.name} | {icon} {s.status.value} | {s.seconds:.1f} | {detail} |")
+        name, detail = escape_inline(s.name), escape_inline(s.detail or "")
+        lines.append(f"| {name} | {icon} {s.status.value} | {s.seconds:.1f} | {detail} |")
     scan = scan_lines(stages)
     if scan:
         lines += ["", *scan]
@@ -169,10 +175,11 @@ def render_markdown(
         lines += ["", "### Deployed", *urls]
     for key, value in data.items():
         if key not in _SHOWN:
-            lines += ["", f"**{key}**: `{value}`"]
+            lines += ["", f"**{escape_inline(str(key))}**: {code_span(str(value))}"]
     failed = [s for s in stages if s.status == StageStatus.FAILED and s.tail]
     for s in failed:
-        lines += ["", f"### {s.name}: last lines", "```", s.tail[-3000:], "```"]
+        # Redacted whole before it is cut, so no secret is left half visible at the cut.
+        lines += ["", f"### {escape_inline(s.name)}: last lines", *fenced(clean(s.tail)[-3000:])]
     return "\n".join(lines)
 
 

@@ -89,6 +89,24 @@ def test_failure_detail_never_carries_a_token_to_github() -> None:
     assert "[redacted]" in description
 
 
+def test_failure_detail_masks_registered_secrets_keys_and_control_characters() -> None:
+    from core.redact import forget_secrets, register_secret
+
+    register_secret("registered-value-31c8e2")
+    try:
+        leaky = result(
+            StageStatus.FAILED,
+            detail="\x1b[31m-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n"
+            "-----END PRIVATE KEY-----\u202e registered-value-31c8e2",
+        )
+
+        _, description = describe(leaky)
+    finally:
+        forget_secrets()
+
+    assert description.endswith(": [redacted private key] [redacted]")
+
+
 async def test_stage_start_and_finish_post_pending_then_final_status_linking_the_run(
     github_api: FakeGitHub,
 ) -> None:
