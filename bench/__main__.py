@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import statistics
 import subprocess
 import tempfile
@@ -123,6 +124,21 @@ def signed(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+BENCH_REPO_ID = 4242
+
+
+def bench_git_host(home: Path) -> dict[str, str]:
+    """The bench stack's Git host: a folder of its own, where bench/repo is created.
+
+    Webhook-triggered runs clone from the worker's Git host only, never a payload's URL.
+    """
+    return {
+        "GANTRY_GIT_BASE_URL": (home / "git").as_uri() + "/",
+        "GANTRY_ALLOW_FILE_REPOSITORIES": "1",
+        "GANTRY_WEBHOOK_REPOSITORIES": "bench/repo",
+    }
+
+
 async def webhook_burst(settings: StackSettings, secret: str, count: int) -> list[float]:
     """Acknowledgement latency of ``count`` signed deliveries sent at once (ignored pushes)."""
     body = json.dumps(
@@ -132,7 +148,7 @@ async def webhook_burst(settings: StackSettings, secret: str, count: int) -> lis
             "deleted": False,
             "repository": {
                 "full_name": "bench/repo",
-                "clone_url": "https://example.invalid/bench/repo.git",
+                "id": BENCH_REPO_ID,
                 "default_branch": "main",
             },
         }
@@ -161,7 +177,8 @@ async def webhook_to_first_step(
     payload = {
         "action": "opened",
         "number": number,
-        "repository": {"full_name": "bench/repo", "clone_url": str(repo)},
+        # No clone URL: the worker clones bench/repo from its Git host (see bench_git_host).
+        "repository": {"full_name": "bench/repo", "id": BENCH_REPO_ID},
         "pull_request": {
             "draft": False,
             "head": {"ref": "bench", "sha": sha, "repo": {"full_name": "bench/repo"}},
@@ -243,6 +260,10 @@ async def measure(
                 "max": max(latencies),
             }
             console.print("Webhook to first step")
+            # Deliveries name bench/repo, never its path: it is served from the Git host.
+            hosted = settings.state_dir / "git" / "bench" / "repo"
+            hosted.parent.mkdir(parents=True, exist_ok=True)
+            hosted.symlink_to(repo)
             results["webhook_to_first_step"] = await webhook_to_first_step(
                 settings, secret, repo, sha
             )
@@ -333,6 +354,7 @@ def main() -> int:
             production_port=targets + 1,
         )
         stack = Stack(settings)
+        os.environ.update(bench_git_host(settings.state_dir))
         console.print(f"Starting a bench stack in {home} (this takes a minute)")
         stack.up(lambda message: console.print(f"  {message}"))
         try:

@@ -1,4 +1,4 @@
-"""Gantry's GitHub REST client: commit statuses, deployments, webhook deliveries.
+"""Gantry's GitHub REST client: commit statuses, deployments, webhook deliveries, git refs.
 
 Every error is a ``GitHubError`` (see ``clients.github_errors``); no message carries a token.
 Retry and rate-limit bounds are in ``clients.github_http``.
@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from blocks.github import DEFAULT_API_URL, GitHubCredentials
 from clients.github_auth import AppAuth, GitHubAuth, TokenAuth
@@ -42,7 +42,49 @@ logger = logging.getLogger("gantry.github")
 DESCRIPTION_LIMIT = 140
 MAX_PER_PAGE = 100
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-M = TypeVar("M", CommitStatus, Deployment, DeploymentStatus, HookDelivery, InstallationToken)
+_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+# Annotated tags may point at tags; GitHub allows chains, nobody needs long ones.
+MAX_TAG_DEPTH = 5
+
+
+class GitObject(BaseModel):
+    """What a ref or an annotated tag points at: ``{type, sha}`` (commit, tag, tree, blob)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str
+    sha: str
+
+
+class GitRef(BaseModel):
+    """``GET /repos/{owner}/{repo}/git/ref/{ref}``: ``{ref, node_id, url, object}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ref: str
+    object: GitObject
+
+
+class GitTag(BaseModel):
+    """``GET /repos/{owner}/{repo}/git/tags/{tag_sha}``: an annotated tag and its target."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sha: str
+    tag: str | None = None
+    object: GitObject
+
+
+M = TypeVar(
+    "M",
+    CommitStatus,
+    Deployment,
+    DeploymentStatus,
+    HookDelivery,
+    InstallationToken,
+    GitRef,
+    GitTag,
+)
 
 
 def truncate(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
@@ -224,6 +266,39 @@ class GitHubClient:
             f"/deliveries/{_seg(delivery_id)}/attempts"
         )
         await self._request("POST", path)
+
+    async def branch_head(self, repo_full_name: str, branch: str) -> str:
+        """The commit SHA the branch points at now (``GET .../git/ref/heads/{branch}``)."""
+        ref = await self._ref(repo_full_name, f"heads/{branch}")
+        if ref.object.type != "commit":
+            raise GitHubProtocolError(f"branch {branch!r} points at a {ref.object.type}")
+        return self._sha(ref.object.sha)
+
+    async def tag_commit(self, repo_full_name: str, tag: str) -> str:
+        """The commit a tag names, annotated tags peeled (``.../git/ref/tags/{tag}``, then
+        ``.../git/tags/{sha}`` for each annotated tag on the way)."""
+        target = (await self._ref(repo_full_name, f"tags/{tag}")).object
+        for _ in range(MAX_TAG_DEPTH):
+            if target.type == "commit":
+                return self._sha(target.sha)
+            if target.type != "tag":
+                raise GitHubProtocolError(f"tag {tag!r} names a {target.type}, not a commit")
+            path = f"{_repo_path(repo_full_name)}/git/tags/{_seg(self._sha(target.sha))}"
+            target = self._parse(GitTag, await self._request("GET", path)).object
+        raise GitHubProtocolError(f"tag {tag!r} is a chain of more than {MAX_TAG_DEPTH} tags")
+
+    async def _ref(self, repo_full_name: str, ref: str) -> GitRef:
+        if not ref or ref.startswith("/") or ".." in ref:
+            raise ValueError(f"not a git ref: {ref!r}")
+        # Slashes stay: GitHub takes ``heads/feature/x`` as one ref.
+        path = f"{_repo_path(repo_full_name)}/git/ref/{quote(ref, safe='/')}"
+        return self._parse(GitRef, await self._request("GET", path))
+
+    @staticmethod
+    def _sha(sha: str) -> str:
+        if not _SHA_RE.match(sha):
+            raise GitHubProtocolError("GitHub answered an object name that is not a SHA")
+        return sha
 
     # --- plumbing --------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def worker_env(settings: StackSettings) -> dict[str, str]:
     env["GANTRY_HOME"] = str(settings.state_dir)
     env["GANTRY_PROJECT_DIR"] = str(PROJECT_DIR)
     env["GANTRY_WORK_POOL"] = settings.work_pool
+    env.setdefault("GANTRY_ALLOW_FILE_REPOSITORIES", "1")  # `gantry run --repo PATH`, the demo
     for key in ("prefect_port", "webhook_port", "registry_port", "staging_port", "production_port"):
         env[f"GANTRY_{key.upper()}"] = str(getattr(settings, key))
     # Steps resolve `python`, `ruff`, `pytest` ... from the environment Gantry is installed in.
@@ -192,6 +193,7 @@ class Stack:
             )
         env = worker_env(self.settings)
         env["GANTRY_WEBHOOK_SECRET"] = self.webhook_secret()
+        env.setdefault("GANTRY_WEBHOOK_REPOSITORIES", "*")  # loopback only; see README
         self.receiver.start([venv_bin("gantry"), "webhooks", "serve"], env, cwd=PROJECT_DIR)
         if not wait_until(self._receiver_up, 60, 0.3):
             raise StackError(f"the webhook receiver did not start:\n{self.receiver.log_tail()}")

@@ -9,6 +9,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # A test that forgets to point Prefect at a server must fail, not quietly start its own.
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+# Tests build their repositories in temp folders: the checkout may fetch from local paths.
+os.environ.setdefault("GANTRY_ALLOW_FILE_REPOSITORIES", "1")
 
 pytest_plugins = [
     "tests.plugins.gitrepo",

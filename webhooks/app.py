@@ -128,7 +128,11 @@ class Receiver:
         else:
             try:
                 mapped = map_event(
-                    event, delivery_id, payload, approvals=self.settings.webhook_approval
+                    event,
+                    delivery_id,
+                    payload,
+                    approvals=self.settings.webhook_approval,
+                    repositories=self.settings.repositories,
                 )
             except PayloadError as exc:
                 logger.warning("rejected %s delivery: %s", event, exc)

@@ -4,6 +4,11 @@ Payloads are parsed into models of just the fields used: tolerant of everything 
 sends, strict (no coercion) on these. Branch names, titles and messages stay data: they travel
 as typed flow parameters; anything used in a run name or tag is slugged first.
 
+Only repositories on the receiver's allowlist (``GANTRY_WEBHOOK_REPOSITORIES``) start anything;
+a delivery for another is recorded as ignored, saying so. A run names its repository by full
+name and GitHub's numeric id only: the payload's ``clone_url`` is never used, the worker builds
+the clone URL from its own Git host setting.
+
 Draft pull requests start nothing until they are marked ready for review (``ready_for_review``);
 pushes to a draft PR's branch after that run as usual.
 
@@ -25,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from core.identity import slugify
 from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, RELEASE_DEPLOYMENT
-from webhooks.settings import ApprovalPolicies, approval_policies_from_env, policy_for
+from webhooks.settings import (
+    ApprovalPolicies,
+    RepositoryAllowlist,
+    approval_policies_from_env,
+    policy_for,
+    repositories_from_env,
+)
 
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 RELEASE_ACTIONS = frozenset({"published"})
@@ -53,7 +64,8 @@ class _Fields(BaseModel):
 
 class Repository(_Fields):
     full_name: RepoName
-    clone_url: Text
+    # GitHub's numeric id: with the full name, the identity runs and candidates are bound to.
+    id: int = Field(gt=0)
     default_branch: Text | None = None
 
 
@@ -152,16 +164,39 @@ def action_of(payload: dict[str, Any]) -> str | None:
     return action[:100] if isinstance(action, str) else None
 
 
+def _not_served(
+    payload: dict[str, Any], repositories: RepositoryAllowlist | None
+) -> Ignored | None:
+    """Why a delivery of a repository off the allowlist starts nothing (None: it is on it)."""
+    repository = payload.get("repository")
+    name = repository.get("full_name") if isinstance(repository, dict) else None
+    if not isinstance(name, str):
+        return None  # the event's own parsing refuses the payload
+    if repositories is not None and repositories.allows(name):
+        return None
+    return Ignored(
+        reason=f"repository {tag_value(name)} is not served by this receiver "
+        "(not in GANTRY_WEBHOOK_REPOSITORIES)"
+    )
+
+
 def map_event(
     event: str,
     delivery_id: str,
     payload: dict[str, Any],
     approvals: ApprovalPolicies | None = None,
+    repositories: RepositoryAllowlist | None = None,
 ) -> PipelineRequest | Ignored:
     """The run this delivery asks for, or why it asks for none; PayloadError if malformed.
 
     ``approvals`` are the per-repository approval policies; by default ``GANTRY_WEBHOOK_APPROVAL``.
+    ``repositories`` is the allowlist; by default ``GANTRY_WEBHOOK_REPOSITORIES`` (unset: none).
     """
+    if event in ("pull_request", "push", "release"):
+        allowlist = repositories_from_env() if repositories is None else repositories
+        refused = _not_served(payload, allowlist)
+        if refused is not None:
+            return refused
     if event == "pull_request":
         action = action_of(payload)
         if action == APPROVAL_ACTION:
@@ -249,13 +284,15 @@ def _pull_request(
         pipeline="pr",
         deployment=PR_DEPLOYMENT,
         parameters={
-            # The base repository is cloned; a fork's head is fetched as refs/pull/N/head.
-            "repository": event.repository.clone_url,
+            # The base repository is cloned from the worker's Git host (never a URL from the
+            # payload); a fork's head is fetched from it as refs/pull/N/head.
+            "repository": None,
             "sha": sha,
             "pr_number": event.number,
             "head_ref": pr.head.ref,
             "fork": fork,
             "repository_name": base_name,
+            "repository_id": event.repository.id,
         },
         run_name=f"pr-{event.number}-{sha[:7]}",
         tags=[
@@ -285,10 +322,11 @@ def _push(event: PushEvent, delivery_id: str) -> PipelineRequest | Ignored:
         pipeline="merge",
         deployment=MERGE_DEPLOYMENT,
         parameters={
-            "repository": repo.clone_url,
+            "repository": None,
             "sha": event.after,
             "ref": repo.default_branch,
             "repository_name": repo.full_name,
+            "repository_id": repo.id,
         },
         run_name=f"merge-{slugify(repo.default_branch, 30)}-{event.after[:7]}",
         tags=_tags("merge", repo.full_name, delivery_id),
@@ -306,6 +344,7 @@ def _release(event: ReleaseEvent, delivery_id: str) -> PipelineRequest:
         deployment=RELEASE_DEPLOYMENT,
         parameters={
             "repository_name": repo.full_name,
+            "repository_id": repo.id,
             "candidate_id": None,
             "tag": tag,
             "triggered_by": who,

@@ -1,7 +1,10 @@
 """Settings of the webhook receiver, read from the environment (``GANTRY_*``).
 
 The receiver refuses to start with an empty, short or placeholder secret: a guessable secret
-would let anyone on the internet start pipelines.
+would let anyone on the internet start pipelines. It also refuses to start without
+``GANTRY_WEBHOOK_REPOSITORIES``, the organizations and repositories it serves: a forgotten
+allowlist must not mean "every repository whose webhook knows the secret"; ``*`` says that on
+purpose.
 """
 
 from __future__ import annotations
@@ -100,6 +103,55 @@ class ApprovalPolicy(BaseModel):
         return association is not None and association.upper() in self.trusted_associations
 
 
+REPOSITORIES_ENV = "GANTRY_WEBHOOK_REPOSITORIES"
+_ENTRY = re.compile(r"^(?:\*|[A-Za-z0-9_.-]{1,100}/(?:\*|[A-Za-z0-9_.-]{1,100}))$")
+
+
+class RepositoryAllowlist(BaseModel):
+    """Which repositories' deliveries may start runs: ``owner/name``, ``owner/*`` or ``*``.
+
+    Names are compared case-insensitively, as GitHub does.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    entries: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> RepositoryAllowlist:
+        """``"acme/*, other/svc"``; ValueError for an empty list or a malformed entry."""
+        entries = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not entries:
+            raise ValueError(
+                f"{REPOSITORIES_ENV} is empty: list the organizations or repositories this "
+                "receiver serves (acme/*, acme/api), or * for every repository"
+            )
+        bad = [entry for entry in entries if not _ENTRY.match(entry)]
+        if bad:
+            raise ValueError(
+                f"{REPOSITORIES_ENV} has {len(bad)} malformed entries; each must be owner/name, "
+                "owner/* or *"
+            )
+        return cls(entries=entries)
+
+    def allows(self, full_name: str) -> bool:
+        owner = full_name.partition("/")[0].casefold()
+        wanted = full_name.casefold()
+        for entry in self.entries:
+            folded = entry.casefold()
+            if folded in ("*", wanted) or folded == f"{owner}/*":
+                return True
+        return False
+
+
+def repositories_from_env() -> RepositoryAllowlist | None:
+    """``GANTRY_WEBHOOK_REPOSITORIES`` as read now; None when unset or invalid (serves none)."""
+    try:
+        return RepositoryAllowlist.parse(os.environ.get(REPOSITORIES_ENV, ""))
+    except ValueError:
+        return None
+
+
 ApprovalPolicies = dict[str, ApprovalPolicy]
 _POLICIES: TypeAdapter[ApprovalPolicies] = TypeAdapter(ApprovalPolicies)
 
@@ -169,6 +221,18 @@ class ReceiverSettings(StoreSettings):
     # docs/security.md. Declared here so that a bad value refuses to start the receiver; the
     # event mapping reads the same variable (``approval_policies_from_env``).
     webhook_approval: ApprovalPolicies = Field(default_factory=dict)
+    # GANTRY_WEBHOOK_REPOSITORIES: "acme/*,other/svc" or "*"; required (see the module's doc).
+    webhook_repositories: str = Field(description="owner/name, owner/* or *, comma-separated")
+
+    @field_validator("webhook_repositories")
+    @classmethod
+    def _repositories_are_valid(cls, value: str) -> str:
+        RepositoryAllowlist.parse(value)
+        return value
+
+    @property
+    def repositories(self) -> RepositoryAllowlist:
+        return RepositoryAllowlist.parse(self.webhook_repositories)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from core.identity import repository_slug
+from core.identity import RepositoryIdentity, identity_of
 from flows.config import ConfigError, GantryConfig, load_config
 from flows.deploy.runtime import docker_host, registry_address
 from flows.deploy.stage import deploy_images, deploy_lock
@@ -26,6 +26,7 @@ from flows.results import RunContext, StageResult, StageStatus
 from flows.steps.checkout import CheckoutError, checkout
 from flows.steps.e2e import run_against
 from flows.steps.images import push_images
+from flows.steps.source import SourceError, run_source, stale_push
 
 AFTER_VERIFY = ("push", "deploy-staging", "e2e")
 
@@ -63,15 +64,34 @@ def merge_run_name() -> str:
     return f"merge-{params.get('ref') or 'main'}-{str(params.get('sha', ''))[:7]}"
 
 
+async def _still_head(
+    identity: RepositoryIdentity, context: RunContext, checked: bool
+) -> list[StageResult] | None:
+    """None when this push may deploy; else the stages after verification, not reached.
+
+    ``checked`` runs (built from the identity, as webhooks start them) ask GitHub whether the
+    commit is still its branch's head: an old signed delivery replayed under a new id must not
+    put old code on staging and make it the newest candidate. An operator's run is theirs.
+    """
+    if not checked:
+        return None
+    try:
+        why = await stale_push(identity, context.ref or "main", context.sha)
+    except SourceError as exc:
+        return [failed_before_stages("head", str(exc)), *not_reached(AFTER_VERIFY, str(exc))]
+    return None if why is None else not_reached(AFTER_VERIFY, why)
+
+
 async def _deliver(
     context: RunContext,
+    identity: RepositoryIdentity,
     config: GantryConfig,
     workspace: Path,
     verified: list[StageResult],
     observers: Observers,
 ) -> tuple[list[StageResult], dict[str, Any]]:
     """Push, deploy to staging and run E2E; returns their stages and the facts for the summary."""
-    slug = repository_slug(context.repository, context.repository_name)
+    slug = identity.slug
     build = next(s for s in verified if s.name == "build")
     if build.status != StageStatus.PASSED:
         return not_reached(AFTER_VERIFY, "no images were built"), {}
@@ -123,6 +143,8 @@ async def _deliver(
             repository=context.repository,
             repository_slug=slug,
             repository_name=context.repository_name,
+            repository_full_name=identity.full_name,
+            repository_id=identity.id,
             commit_sha=context.sha,
             images=images,
             flow_run_id=str(flow_run.get_id() or ""),
@@ -149,27 +171,44 @@ async def _deliver(
     on_running=[queue_time_hook("merge")],
 )
 async def merge_pipeline(
-    repository: str,
+    repository: str | None,
     sha: str,
     ref: str = "main",
     repository_name: str | None = None,
     no_cache: bool = False,
     received_at: datetime | None = None,
+    repository_id: int | None = None,
 ) -> State[PipelineSummary]:
     """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate.
 
+    Webhooks name the repository by ``repository_name`` and ``repository_id`` only (``repository``
+    None): it is cloned from the worker's Git host, and a commit that is no longer the head of
+    ``ref`` deploys nothing. An operator's run names a path or URL in ``repository``.
     ``received_at`` is when the webhook arrived; only the queue-time hook reads it.
     """
     del received_at
+    started = time.monotonic()
+    try:
+        identity = identity_of(repository, repository_name, repository_id)
+        source = run_source(repository, identity)
+    except (ValueError, CheckoutError) as exc:
+        context = RunContext(
+            pipeline="merge", repository=repository or "", sha=sha, repository_name=None, ref=ref
+        )
+        return await finish(context, [failed_before_stages("checkout", str(exc))], started)
     context = RunContext(
-        pipeline="merge", repository=repository, sha=sha, repository_name=repository_name, ref=ref
+        pipeline="merge", repository=source, sha=sha, repository_name=repository_name, ref=ref
     )
     async with pipeline_observers(context) as observers:
-        return await _merge(context, no_cache, observers)
+        return await _merge(context, identity, not repository, no_cache, observers)
 
 
 async def _merge(
-    context: RunContext, no_cache: bool, observers: Observers
+    context: RunContext,
+    identity: RepositoryIdentity,
+    checked: bool,
+    no_cache: bool,
+    observers: Observers,
 ) -> State[PipelineSummary]:
     started = time.monotonic()
     repository, sha = context.repository, context.sha
@@ -187,7 +226,13 @@ async def _merge(
                 return await finish(
                     context, verified + skipped, started, {"release_candidate": None}
                 )
-            delivered, data = await _deliver(context, config, workspace, verified, observers)
+            stale = await _still_head(identity, context, checked)
+            if stale is not None:
+                data = {"release_candidate": None, "not_a_candidate": stale[-1].detail}
+                return await finish(context, verified + stale, started, data)
+            delivered, data = await _deliver(
+                context, identity, config, workspace, verified, observers
+            )
     except CheckoutError as exc:
         return await finish(context, [failed_before_stages("checkout", str(exc))], started)
     return await finish(context, verified + delivered, started, data)

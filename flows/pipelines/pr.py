@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.client.schemas.objects import State
 
-from core.identity import repository_slug
+from core.identity import identity_of, repository_slug
 from flows.config import CHECK_STAGES, ConfigError, GantryConfig, load_config
 from flows.deploy.runtime import docker_host, registry_address
 from flows.pipelines.observers import pipeline_observers, queue_time_hook
@@ -19,6 +19,7 @@ from flows.steps.checkout import CheckoutError, checkout
 from flows.steps.checks import run_check
 from flows.steps.images import build_images
 from flows.steps.scan import scan_dependencies
+from flows.steps.source import run_source
 
 
 def check_stage_calls(
@@ -97,7 +98,7 @@ def pr_run_name() -> str:
     on_running=[queue_time_hook("pr")],
 )
 async def pr_pipeline(
-    repository: str,
+    repository: str | None,
     sha: str,
     pr_number: int | None = None,
     head_ref: str | None = None,
@@ -105,15 +106,25 @@ async def pr_pipeline(
     repository_name: str | None = None,
     no_cache: bool = False,
     received_at: datetime | None = None,
+    repository_id: int | None = None,
 ) -> State[PipelineSummary]:
     """Verify one commit of a pull request; Failed when any stage fails, naming them.
 
+    Webhooks name the base repository by ``repository_name`` and ``repository_id`` only
+    (``repository`` None): it is cloned from the worker's Git host (a fork's head comes as
+    ``refs/pull/N/head``). An operator's run names a path or URL in ``repository``.
     ``received_at`` is when the webhook arrived; only the queue-time hook reads it.
     """
     del received_at
+    started = time.monotonic()
+    try:
+        source = run_source(repository, identity_of(repository, repository_name, repository_id))
+    except (ValueError, CheckoutError) as exc:
+        context = RunContext(pipeline="pr", repository=repository or "", sha=sha, fork=fork)
+        return await finish(context, [failed_before_stages("checkout", str(exc))], started)
     context = RunContext(
         pipeline="pr",
-        repository=repository,
+        repository=source,
         sha=sha,
         repository_name=repository_name,
         pr_number=pr_number,

@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 
 from blocks.release import DEFAULT_BLOCK_NAME, load_policy
 from clients.metrics import load_metrics
-from core.identity import repository_slug
+from core.identity import identity_of, repository_slug
 from core.links import flow_run_url
 from flows.config import ConfigError, load_config
 from flows.deploy.runtime import deploy_target
@@ -23,6 +23,7 @@ from flows.deploy.stage import deploy_images, deploy_lock
 from flows.deploy.targets import DeployRequest
 from flows.logs import step_logger
 from flows.pipelines.approval import GateResult, wait_for_approval
+from flows.pipelines.candidates import release_candidate
 from flows.pipelines.observers import (
     MetricsObserver,
     Observers,
@@ -35,7 +36,6 @@ from flows.records.store import (
     Outcome,
     ReleaseCandidate,
     ReleaseRecord,
-    find_candidate,
     list_releases,
     record_release,
 )
@@ -99,6 +99,7 @@ async def _rollback_candidate(slug: str) -> str | None:
 async def release_pipeline(
     repository_name: str | None = None,
     repository: str | None = None,
+    repository_id: int | None = None,
     candidate_id: str | None = None,
     tag: str | None = None,
     triggered_by: str | None = None,
@@ -117,7 +118,8 @@ async def release_pipeline(
     logger = step_logger("release")
     started_at = datetime.now(UTC)
     started = time.monotonic()
-    slug = repository_slug(repository or "", repository_name)
+    identity = identity_of(repository, repository_name, repository_id)
+    slug = identity.slug
     if rollback and candidate_id is None:
         candidate_id = await _rollback_candidate(slug)
         if candidate_id is None:
@@ -132,7 +134,7 @@ async def release_pipeline(
             )
             nothing = StageResult(name="candidate", status=StageStatus.CANCELLED, detail=why)
             return await finish_cancelled(context, [nothing], started, f"{why}; nothing deployed")
-    candidate = await find_candidate(slug, candidate_id)
+    candidate, wanted = await release_candidate(identity, repository, candidate_id, tag)
     context = RunContext(
         pipeline="release",
         repository=candidate.repository if candidate else repository or "",
@@ -142,7 +144,6 @@ async def release_pipeline(
     )
     refused = StageResult(name="candidate", status=StageStatus.FAILED)
     if candidate is None:
-        wanted = candidate_id or "any"
         detail = f"no release candidate {wanted} recorded for {slug}: nothing deployed"
         return await finish(context, [refused.model_copy(update={"detail": detail})], started)
     try:

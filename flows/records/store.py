@@ -22,6 +22,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import BaseModel, Field
 
+from core.identity import RepositoryIdentity
+
 HISTORY_LIMIT = 200
 
 
@@ -33,9 +35,14 @@ class ReleaseCandidate(BaseModel):
     """A build whose staging E2E passed: the only thing a release may deploy."""
 
     id: str
+    # Where the merge run fetched the code from: the URL built from the identity, or the
+    # operator's own path or URL for a CLI run.
     repository: str
     repository_slug: str
     repository_name: str | None = None
+    # Which repository: its exact full name and GitHub's id (None for a CLI run by path).
+    repository_full_name: str | None = None
+    repository_id: int | None = None
     commit_sha: str
     images: dict[str, str]
     flow_run_id: str
@@ -51,6 +58,13 @@ class ReleaseCandidate(BaseModel):
 
     def digests(self) -> set[str]:
         return {ref.rpartition("@")[2] for ref in self.images.values()}
+
+    @property
+    def identity(self) -> RepositoryIdentity | None:
+        """None for a record written before candidates carried their identity."""
+        if not self.repository_full_name:
+            return None
+        return RepositoryIdentity(full_name=self.repository_full_name, id=self.repository_id)
 
 
 Outcome = Literal["success", "failed", "rolled_back", "rejected", "timed_out"]
@@ -128,11 +142,26 @@ async def list_candidates(slug: str, limit: int = HISTORY_LIMIT) -> list[Release
     return [ReleaseCandidate.model_validate(r) for r in await _history(candidate_key(slug), limit)]
 
 
-async def find_candidate(slug: str, candidate_id: str | None) -> ReleaseCandidate | None:
-    """The candidate ``candidate_id`` (or the newest when None) of a repository."""
-    for candidate in await list_candidates(slug):
-        if candidate_id is None or candidate.id == candidate_id:
-            return candidate
+async def find_candidate(
+    identity: RepositoryIdentity,
+    candidate_id: str | None = None,
+    commit_sha: str | None = None,
+) -> ReleaseCandidate | None:
+    """The newest candidate of ``identity`` (with ``candidate_id``, of ``commit_sha``, if given).
+
+    The key is only where to look: each record's own identity must be admitted by
+    ``identity`` (same full name; the same GitHub id when the lookup has one), so a record of
+    another repository, or one without an identity, is never returned.
+    """
+    for candidate in await list_candidates(identity.slug):
+        recorded = candidate.identity
+        if recorded is None or not identity.admits(recorded):
+            continue
+        if candidate_id is not None and candidate.id != candidate_id:
+            continue
+        if commit_sha is not None and candidate.commit_sha != commit_sha:
+            continue
+        return candidate
     return None
 
 

@@ -1,4 +1,10 @@
-"""Checkout: the exact commit of a repository in a workspace of its own, removed afterwards."""
+"""Checkout: the exact commit of a repository in a workspace of its own, removed afterwards.
+
+Where a repository may come from is the worker's decision, not a run's: ``https`` always, and
+``file`` (a ``file://`` URL or a local path) only when the operator enables it with
+``GANTRY_ALLOW_FILE_REPOSITORIES=1`` (the local stack does, for its own repositories).
+Anything else (``http``, ``ssh``, ``git``, ``ext::``) is refused before git runs.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,47 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefect import task
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.logs import step_logger
 from flows.steps.proc import ProcResult, run_argv, step_env
 
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+# A tag name git accepts, without option-like or revision-syntax forms.
+TAG_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/+-]{1,200}(?<![./])$")
 GIT_TIMEOUT = 300.0
-# Only transports a repository URL may name; `ext::` and friends would run commands.
-GIT_PROTOCOLS = "file:https:http:ssh:git"
+ALLOW_FILE_ENV = "GANTRY_ALLOW_FILE_REPOSITORIES"
 
 
 class CheckoutError(RuntimeError):
     """The commit could not be materialized (unknown SHA, unreachable repository)."""
+
+
+class SourceSettings(BaseSettings):
+    """The worker's Git host and whether local repositories may be checked out."""
+
+    model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore")
+
+    # Clone URLs of webhook-triggered runs are this base plus ``owner/name``.
+    git_base_url: str = Field(default="https://github.com/")
+    allow_file_repositories: bool = False
+
+    @field_validator("git_base_url")
+    @classmethod
+    def _base_is_a_folder_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.lower()
+        if scheme not in ("https", "file") or "://" not in value:
+            raise ValueError("GANTRY_GIT_BASE_URL must be an https:// (or file://) URL")
+        return value if value.endswith("/") else value + "/"
+
+
+def source_settings() -> SourceSettings:
+    """Read now: a worker's environment is fixed, a test's may change between runs."""
+    return SourceSettings()
 
 
 def validate_repository(repository: str) -> str:
@@ -32,6 +65,34 @@ def validate_repository(repository: str) -> str:
     return repository
 
 
+def check_source(repository: str, settings: SourceSettings | None = None) -> str:
+    """What git may fetch from for ``repository``, or CheckoutError saying why not.
+
+    ``https://`` URLs pass; ``file://`` URLs and local paths pass only when file repositories
+    are enabled; every other scheme (and ``host:path``, git's ssh shorthand) is refused.
+    """
+    validate_repository(repository)
+    settings = settings or source_settings()
+    scheme = urlsplit(repository).scheme.lower() if "://" in repository else ""
+    if scheme == "https":
+        return repository
+    local = scheme == "file" or (not scheme and ":" not in repository.split("/", 1)[0])
+    if not local:
+        shown = scheme or "ssh (host:path)"
+        raise CheckoutError(
+            f"repository scheme {shown!r} is not allowed: only https:// URLs are fetched "
+            f"(and file:// URLs or local paths when {ALLOW_FILE_ENV}=1)"
+        )
+    if not settings.allow_file_repositories:
+        raise CheckoutError(
+            f"local repositories are not allowed on this worker: {repository!r} is a file "
+            f"path or URL; set {ALLOW_FILE_ENV}=1 to allow them"
+        )
+    if not scheme and Path(repository).is_dir():
+        return str(Path(repository).resolve())
+    return repository
+
+
 def validate_sha(sha: str) -> str:
     if not SHA_RE.match(sha):
         raise CheckoutError(f"not a full commit SHA (40 or 64 lowercase hex digits): {sha!r}")
@@ -39,10 +100,12 @@ def validate_sha(sha: str) -> str:
 
 
 def _git_env() -> dict[str, str]:
+    # Git itself enforces the same transports (redirects and submodules included).
+    protocols = "https:file" if source_settings().allow_file_repositories else "https"
     return step_env(
         {
             "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+            "GIT_ALLOW_PROTOCOL": protocols,
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_AUTHOR_NAME": "gantry",
             "GIT_AUTHOR_EMAIL": "gantry@localhost",
@@ -74,11 +137,8 @@ def workspaces_root() -> Path:
 
 async def materialize(repository: str, sha: str, workspace: Path) -> None:
     """Fetch exactly ``sha`` from ``repository`` into the empty folder ``workspace``."""
-    validate_repository(repository)
+    source = check_source(repository)
     validate_sha(sha)
-    source = repository
-    if Path(repository).is_dir():
-        source = str(Path(repository).resolve())
     init = await _git(workspace, "init", "--quiet")
     if not init.ok:
         raise CheckoutError(f"git init failed: {init.describe()}: {init.tail}")
@@ -123,3 +183,30 @@ async def checkout(repository: str, sha: str, name: str = "run") -> AsyncIterato
 async def checkout_task(repository: str, sha: str, workspace: Path) -> str:
     await materialize(repository, sha, workspace)
     return sha
+
+
+async def tag_commit_in(repository: str, tag: str) -> str:
+    """The commit ``tag`` names in ``repository``, read from a fresh fetch of that tag alone.
+
+    Annotated tags are peeled to their commit; a missing tag is a CheckoutError.
+    """
+    source = check_source(repository)
+    if not TAG_RE.match(tag):
+        raise CheckoutError(f"not a tag name: {tag!r}")
+    with tempfile.TemporaryDirectory(prefix="tag-", dir=workspaces_root()) as folder:
+        workspace = Path(folder)
+        init = await _git(workspace, "init", "--quiet", "--bare")
+        if not init.ok:
+            raise CheckoutError(f"git init failed: {init.describe()}: {init.tail}")
+        ref = f"refs/tags/{tag}"
+        fetched = await _git(workspace, "fetch", "--quiet", "--no-tags", source, f"+{ref}:{ref}")
+        if not fetched.ok:
+            raise CheckoutError(f"tag {tag!r} not found in {repository}")
+        peeled = await _git(
+            workspace, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
+        )
+        lines = peeled.tail.strip().splitlines() if peeled.ok else []
+        sha = lines[-1].strip() if lines else ""
+        if not SHA_RE.match(sha):
+            raise CheckoutError(f"tag {tag!r} of {repository} does not name a commit")
+        return sha

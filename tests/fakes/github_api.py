@@ -1,7 +1,8 @@
 """A local HTTP server that answers like GitHub's REST API (the parts Gantry uses).
 
 Shapes follow the shared notes on GitHub REST: statuses, deployments, deployment statuses, hook
-deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token exchange, error
+deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token exchange, git refs
+(``git/ref/heads/..``, ``git/ref/tags/..``) and annotated tags (``git/tags/{sha}``), error
 bodies, rate-limit headers. Faults are queued with ``fail_next``; every request is recorded.
 
 Usable without pytest (``with FakeGitHub() as gh: ...``) and as the ``github_api`` fixture.
@@ -62,6 +63,10 @@ class _State:
     deliveries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     redelivered: list[tuple[str, int, int]] = field(default_factory=list)
     issued_tokens: dict[str, float] = field(default_factory=dict)
+    # (owner/name case-folded, "heads/main" or "tags/v1") -> {"type", "sha"}
+    refs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    # annotated tag objects by their own SHA
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @functools.cache
@@ -169,6 +174,25 @@ class FakeGitHub(LoopbackServer):
             self.state.deliveries.setdefault(hook_id, []).append(delivery)
         return delivery
 
+    def set_branch(self, full_name: str, branch: str, sha: str) -> None:
+        """Make ``branch`` of ``full_name`` point at ``sha``."""
+        with self._lock:
+            self.state.refs[(full_name.casefold(), f"heads/{branch}")] = {
+                "type": "commit",
+                "sha": sha,
+            }
+
+    def set_tag(self, full_name: str, tag: str, sha: str, *, annotated: bool = False) -> None:
+        """A tag of ``full_name`` naming commit ``sha``, lightweight or annotated."""
+        target = {"type": "commit", "sha": sha}
+        if annotated:
+            tag_sha = secrets.token_hex(20)
+            with self._lock:
+                self.state.tags[tag_sha] = {"tag": tag, "object": target}
+            target = {"type": "tag", "sha": tag_sha}
+        with self._lock:
+            self.state.refs[(full_name.casefold(), f"tags/{tag}")] = target
+
     def requests_to(self, path_part: str, method: str | None = None) -> list[RecordedRequest]:
         with self._lock:
             return [
@@ -197,6 +221,8 @@ class FakeGitHub(LoopbackServer):
                 methods=["POST"],
             ),
             Route(hooks, self._guard(self._list_deliveries), methods=["GET"]),
+            Route(repo + "/git/ref/{ref:path}", self._guard(self._get_ref), methods=["GET"]),
+            Route(repo + "/git/tags/{sha}", self._guard(self._get_tag), methods=["GET"]),
             Route(
                 hooks + "/{delivery_id:int}/attempts",
                 self._guard(self._redeliver),
@@ -449,6 +475,50 @@ class FakeGitHub(LoopbackServer):
             redelivery=True,
         )
         return JSONResponse({}, status_code=202)
+
+    async def _get_ref(self, request: Request, body: Any) -> Response:
+        p = request.path_params
+        full_name, ref = f"{p['owner']}/{p['repo']}", p["ref"]
+        with self._lock:
+            target = self.state.refs.get((full_name.casefold(), ref))
+        if target is None:
+            return _error(404, "Not Found")
+        kind = "tags" if target["type"] == "tag" else "commits"
+        api = f"{self.url}/repos/{full_name}/git"
+        return JSONResponse(
+            {
+                "ref": f"refs/{ref}",
+                "node_id": "REF_kwDOfake",
+                "url": f"{api}/refs/{ref}",
+                "object": {**target, "url": f"{api}/{kind}/{target['sha']}"},
+            }
+        )
+
+    async def _get_tag(self, request: Request, body: Any) -> Response:
+        p = request.path_params
+        full_name, sha = f"{p['owner']}/{p['repo']}", p["sha"]
+        with self._lock:
+            tag = self.state.tags.get(sha)
+        if tag is None:
+            return _error(404, "Not Found")
+        api = f"{self.url}/repos/{full_name}/git"
+        target = tag["object"]
+        return JSONResponse(
+            {
+                "node_id": "TAG_kwDOfake",
+                "tag": tag["tag"],
+                "sha": sha,
+                "url": f"{api}/tags/{sha}",
+                "message": f"release {tag['tag']}",
+                "tagger": {
+                    "name": "Releaser",
+                    "email": "releaser@example.com",
+                    "date": _iso(datetime.now(UTC)),
+                },
+                "object": {**target, "url": f"{api}/commits/{target['sha']}"},
+                "verification": {"verified": False, "reason": "unsigned"},
+            }
+        )
 
     async def _access_token(self, request: Request, body: Any) -> Response:
         if request.path_params["installation_id"] != self.installation_id:

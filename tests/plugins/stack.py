@@ -91,6 +91,9 @@ def local_stack(
         "GANTRY_GITHUB_TOKEN": session_github.token,
         "GANTRY_GITHUB_API_URL": session_github.url,
         "GANTRY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # Webhook runs clone owner/name from this folder, never from a payload's URL.
+        "GANTRY_GIT_BASE_URL": (home / "git").as_uri() + "/",
+        "GANTRY_WEBHOOK_REPOSITORIES": "acme/*",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+from webhooks.settings import RepositoryAllowlist
 from webhooks.signature import sign
 
 SECRET = "test-webhook-secret-0123456789abcdef"
@@ -14,12 +15,16 @@ BASE = "acme/api"
 SHA = "a" * 40
 SHA2 = "b" * 40
 ZEROS = "0" * 40
+REPOSITORY_ID = 1296269
+# What the receivers under test serve: every repository of the acme organization.
+SERVED = "acme/*"
+ALLOWLIST = RepositoryAllowlist.parse(SERVED)
 
 
 def repository(full_name: str = BASE, default_branch: str = "main") -> dict[str, Any]:
     owner, name = full_name.split("/")
     return {
-        "id": 1296269,
+        "id": REPOSITORY_ID,
         "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5",
         "name": name,
         "full_name": full_name,

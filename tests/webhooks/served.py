@@ -74,6 +74,7 @@ def receiver_settings(home: Path) -> ReceiverSettings:
     """Settings for a receiver under test: a slow poll (deliveries are woken), short backoff."""
     return ReceiverSettings(
         webhook_secret=payloads.SECRET,
+        webhook_repositories=payloads.SERVED,
         home=home,
         webhook_poll_seconds=30,
         webhook_backoff_initial=0.2,

@@ -37,6 +37,7 @@ def receiver_settings(home: Path, **extra: Any) -> ReceiverSettings:
     return ReceiverSettings(
         webhook_secret=payloads.SECRET,
         webhook_secret_previous=payloads.OLD_SECRET,
+        webhook_repositories=payloads.SERVED,
         home=home,
         webhook_max_body_bytes=CAP,
         **extra,
@@ -260,6 +261,22 @@ async def test_unknown_events_and_actions_are_recorded_as_ignored(
         recorded = served.store.get(delivery_id)
         assert recorded is not None and recorded.status == "ignored" and recorded.request is None
         assert delivery_id not in {d.id for d in served.store.pending()}
+
+
+async def test_a_delivery_for_a_repository_off_the_allowlist_is_recorded_as_ignored(
+    client: httpx.AsyncClient, served: ServedReceiver
+) -> None:
+    payload = payloads.push()
+    payload["repository"] = payloads.repository("other/api")
+    delivery_id = payloads.new_delivery_id()
+    response = await post(client, "push", payload, delivery_id=delivery_id)
+    assert response.status_code == 202
+    assert response.json()["status"] == "ignored"
+    assert "other/api is not served" in response.json()["reason"]
+    recorded = served.store.get(delivery_id)
+    assert recorded is not None and recorded.status == "ignored" and recorded.request is None
+    assert recorded.last_error is not None and "GANTRY_WEBHOOK_REPOSITORIES" in recorded.last_error
+    assert delivery_id not in {d.id for d in served.store.pending()}
 
 
 async def test_a_repeated_delivery_id_is_a_duplicate(

@@ -54,7 +54,13 @@ def fork_pr(association: str, action: str = "opened", **kwargs: Any) -> dict[str
 
 
 def mapped(payload: dict[str, Any], **kwargs: Any) -> PipelineRequest | Ignored:
-    return map_event("pull_request", payloads.new_delivery_id(), payload, **kwargs)
+    return map_event(
+        "pull_request",
+        payloads.new_delivery_id(),
+        payload,
+        repositories=payloads.ALLOWLIST,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +144,9 @@ def test_the_environment_variable_configures_the_receiver(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(APPROVAL_ENV, json.dumps({"acme/api": {"approval_label": "ok-to-test"}}))
-    settings = load_settings(webhook_secret=payloads.SECRET, home=tmp_path)
+    settings = load_settings(
+        webhook_secret=payloads.SECRET, webhook_repositories=payloads.SERVED, home=tmp_path
+    )
     assert settings.webhook_approval["acme/api"].approval_label == "ok-to-test"
     result = mapped(fork_pr("NONE"))
     assert isinstance(result, Ignored) and "ok-to-test" in result.reason
@@ -152,7 +160,9 @@ def test_a_bad_approval_setting_refuses_to_start(
 ) -> None:
     monkeypatch.setenv(APPROVAL_ENV, value)
     with pytest.raises(SettingsError, match=APPROVAL_ENV):
-        load_settings(webhook_secret=payloads.SECRET, home=tmp_path)
+        load_settings(
+            webhook_secret=payloads.SECRET, webhook_repositories=payloads.SERVED, home=tmp_path
+        )
 
 
 # The real receiver over HTTP.

@@ -26,6 +26,7 @@ runner = CliRunner()
 def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GANTRY_HOME", str(tmp_path))
     monkeypatch.setenv("GANTRY_WEBHOOK_SECRET", payloads.SECRET)
+    monkeypatch.setenv("GANTRY_WEBHOOK_REPOSITORIES", payloads.SERVED)
     monkeypatch.delenv("GANTRY_WEBHOOK_STORE", raising=False)
     return tmp_path
 

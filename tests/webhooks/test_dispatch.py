@@ -112,12 +112,13 @@ async def test_a_pr_delivery_becomes_one_scheduled_flow_run_named_and_tagged(
     assert run.idempotency_key == delivery_id
     assert run.state_type == StateType.SCHEDULED
     assert run.parameters == {
-        "repository": "https://github.com/acme/api.git",
+        "repository": None,
         "sha": payloads.SHA,
         "pr_number": 4201,
         "head_ref": "feature/x",
         "fork": False,
         "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
         # The flow's queue time starts at the delivery's arrival, not at the run's creation.
         "received_at": recorded.received_at.isoformat(),
     }
@@ -220,7 +221,7 @@ def attempts(store: DeliveryStore, delivery_id: str) -> int:
 
 def pending_delivery(delivery_id: str, number: int) -> Delivery:
     payload = payloads.pull_request(number=number)
-    request = map_event("pull_request", delivery_id, payload)
+    request = map_event("pull_request", delivery_id, payload, repositories=payloads.ALLOWLIST)
     assert isinstance(request, PipelineRequest)
     return Delivery(
         id=delivery_id, event="pull_request", payload=json.dumps(payload), request=request

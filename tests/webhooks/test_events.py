@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,13 +15,13 @@ DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 
 
 def mapped(event: str, payload: dict[str, Any]) -> PipelineRequest:
-    result = map_event(event, DELIVERY, payload)
+    result = map_event(event, DELIVERY, payload, repositories=payloads.ALLOWLIST)
     assert isinstance(result, PipelineRequest), result
     return result
 
 
 def ignored(event: str, payload: dict[str, Any]) -> Ignored:
-    result = map_event(event, DELIVERY, payload)
+    result = map_event(event, DELIVERY, payload, repositories=payloads.ALLOWLIST)
     assert isinstance(result, Ignored), result
     return result
 
@@ -31,12 +32,13 @@ def test_pull_request_actions_that_change_code_start_the_pr_pipeline(action: str
     assert request.pipeline == "pr"
     assert request.deployment == PR_DEPLOYMENT
     assert request.parameters == {
-        "repository": "https://github.com/acme/api.git",
+        "repository": None,
         "sha": payloads.SHA,
         "pr_number": 42,
         "head_ref": "feature/x",
         "fork": False,
         "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
     }
     assert request.run_name == f"pr-42-{payloads.SHA[:7]}"
     assert {"repo:acme/api", "pr:42", f"delivery:{DELIVERY}", "pipeline:pr"} <= set(request.tags)
@@ -68,8 +70,9 @@ def test_a_draft_marked_ready_for_review_runs() -> None:
 def test_a_pull_request_from_a_fork_is_marked_fork_and_clones_the_base() -> None:
     request = mapped("pull_request", payloads.pull_request(head_repo="mallory/api"))
     assert request.parameters["fork"] is True
-    assert request.parameters["repository"] == "https://github.com/acme/api.git"
+    assert request.parameters["repository"] is None  # the base, built from its identity
     assert request.parameters["repository_name"] == "acme/api"
+    assert request.parameters["repository_id"] == payloads.REPOSITORY_ID
 
 
 def test_a_pull_request_whose_fork_was_deleted_is_treated_as_a_fork() -> None:
@@ -81,10 +84,11 @@ def test_a_push_to_the_default_branch_starts_the_merge_pipeline() -> None:
     request = mapped("push", payloads.push())
     assert request.deployment == MERGE_DEPLOYMENT
     assert request.parameters == {
-        "repository": "https://github.com/acme/api.git",
+        "repository": None,
         "sha": payloads.SHA,
         "ref": "main",
         "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
     }
     assert request.run_name == f"merge-main-{payloads.SHA[:7]}"
     assert not any(tag.startswith("pr:") for tag in request.tags)
@@ -173,7 +177,7 @@ def test_incomplete_or_mistyped_payloads_are_payload_errors_naming_the_field(
     event: str, payload: dict[str, Any], path: str, value: object
 ) -> None:
     with pytest.raises(PayloadError) as caught:
-        map_event(event, DELIVERY, set_path(payload, path, value))
+        map_event(event, DELIVERY, set_path(payload, path, value), repositories=payloads.ALLOWLIST)
     assert path.split(".")[0] in str(caught.value)
 
 
@@ -193,3 +197,46 @@ def test_hostile_branch_names_stay_data_and_never_reach_names_or_tags(ref: str) 
     assert request.parameters["head_ref"] == ref
     for text in [request.run_name, *request.tags]:
         assert all(ch.isalnum() or ch in "-:/._" for ch in text), text
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("pull_request", payloads.pull_request()),
+        ("push", payloads.push()),
+        ("release", payloads.release()),
+    ],
+)
+def test_no_parameter_carries_the_payloads_clone_url(event: str, payload: dict[str, Any]) -> None:
+    payload["repository"]["clone_url"] = "file:///etc/evil-repository"
+    request = mapped(event, payload)
+    assert "file:///etc/evil-repository" not in repr(request)
+    assert request.parameters["repository_name"] == "acme/api"
+    assert request.parameters["repository_id"] == payloads.REPOSITORY_ID
+
+
+def test_a_payload_without_the_repository_id_is_refused() -> None:
+    payload = payloads.push()
+    del payload["repository"]["id"]
+    with pytest.raises(PayloadError, match=r"repository\.id"):
+        map_event("push", DELIVERY, payload, repositories=payloads.ALLOWLIST)
+
+
+@pytest.mark.parametrize("event", ["pull_request", "push", "release"])
+def test_a_repository_off_the_allowlist_starts_nothing(event: str) -> None:
+    makers: dict[str, Callable[[], dict[str, Any]]] = {
+        "pull_request": payloads.pull_request,
+        "push": payloads.push,
+        "release": payloads.release,
+    }
+    payload = makers[event]()
+    payload["repository"] = payloads.repository("mallory/api")
+    result = map_event(event, DELIVERY, payload, repositories=payloads.ALLOWLIST)
+    assert isinstance(result, Ignored)
+    assert "mallory/api is not served" in result.reason
+
+
+def test_without_an_allowlist_nothing_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GANTRY_WEBHOOK_REPOSITORIES", raising=False)
+    result = map_event("push", DELIVERY, payloads.push())
+    assert isinstance(result, Ignored) and "not served" in result.reason

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from webhooks.settings import ReceiverSettings, SettingsError, load_settings
+from webhooks.settings import ReceiverSettings, RepositoryAllowlist, SettingsError, load_settings
 
 GOOD = "3f9c1e7a5b2d8c4e6f0a1b2c3d4e5f60"
 
@@ -15,6 +15,36 @@ GOOD = "3f9c1e7a5b2d8c4e6f0a1b2c3d4e5f60"
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GANTRY_WEBHOOK_SECRET", "GANTRY_WEBHOOK_SECRET_PREVIOUS", "GANTRY_WEBHOOK_STORE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def served_repositories(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_REPOSITORIES", "acme/*")
+
+
+def test_without_a_repository_allowlist_the_receiver_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GANTRY_WEBHOOK_REPOSITORIES")
+    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_REPOSITORIES: is not set"):
+        load_settings(webhook_secret=GOOD)
+
+
+@pytest.mark.parametrize("value", ["", " , ", "acme", "acme/api/x", "acme/a b", "*/api"])
+def test_an_empty_or_malformed_allowlist_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GANTRY_WEBHOOK_REPOSITORIES", value)
+    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_REPOSITORIES"):
+        load_settings(webhook_secret=GOOD)
+
+
+def test_the_allowlist_takes_repositories_organizations_or_everything() -> None:
+    listed = RepositoryAllowlist.parse("Acme/*, other/svc")
+    assert listed.allows("acme/api") and listed.allows("ACME/web")
+    assert listed.allows("Other/SVC")
+    assert not listed.allows("other/svc2") and not listed.allows("acme-evil/api")
+    assert RepositoryAllowlist.parse("*").allows("anyone/anything")
 
 
 @pytest.mark.parametrize(

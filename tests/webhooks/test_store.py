@@ -61,7 +61,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
 def delivery(delivery_id: str | None = None, minutes_ago: int = 0) -> Delivery:
     delivery_id = delivery_id or payloads.new_delivery_id()
     body = payloads.pull_request()
-    request = map_event("pull_request", delivery_id, body)
+    request = map_event("pull_request", delivery_id, body, repositories=payloads.ALLOWLIST)
     assert isinstance(request, PipelineRequest)
     return Delivery(
         id=delivery_id,
