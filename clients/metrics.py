@@ -174,6 +174,11 @@ class Metrics:
         tags = [tag("outcome", outcome), tag("repository", repository)]
         self._send("increment", "release.outcome", 1, tags)
 
+    def approval_refused(self, reason: str, repository: str) -> None:
+        """An answer at a release's approval gate was refused (unsigned, stale, ...)."""
+        tags = [tag("reason", reason), tag("repository", repository)]
+        self._send("increment", "release.approval_refused", 1, tags)
+
     def dora_gauge(self, name: str, value: float, repository: str | None, window: str) -> None:
         """``gantry.dora.<name>``; repository ``None`` means all repositories (tag ``all``)."""
         tags = [tag("repository", repository or "all"), tag("window", window)]

@@ -13,8 +13,16 @@ from prefect.client.schemas.objects import FlowRun
 from rich.console import Console
 from rich.status import Status
 
+from core.approvals import ApprovalError, allowed_signer_line, generate_key
 from core.links import flow_run_url
 from core.ports import StackError
+from core.release_policy import (
+    PolicyError,
+    ReleasePolicy,
+    load_release_policy,
+    policy_path,
+    write_policy,
+)
 from core.settings import (
     MERGE_DEPLOYMENT,
     PR_DEPLOYMENT,
@@ -65,18 +73,38 @@ def prepare_sample_repo(state_dir: Path, source: Path = SAMPLE) -> tuple[Path, s
     return repo, _git(repo, "rev-parse", "HEAD")
 
 
-DEMO_APPROVER = "demo"
+# The demo's approver: not the demo commits' author (demo@gantry.invalid), so no self-approval.
+DEMO_APPROVER = "approver@gantry.invalid"
 
 
-async def ensure_demo_policy(out: Console) -> None:
-    """A release policy whose allowlist has the demo user, unless one is saved already."""
-    from blocks.release import DEFAULT_BLOCK_NAME, ReleasePolicy
+def demo_key(state_dir: Path) -> Path:
+    """The demo approver's SSH key, made once in the state folder (0600)."""
+    return state_dir / "demo" / "approver_ed25519"
 
+
+def ensure_demo_policy(state_dir: Path, out: Console) -> Path:
+    """The demo approver's key, and a release policy file listing it as the allowed signer.
+
+    A policy file that is already there is kept as it is: it must list the demo approver's key,
+    or the demo stops and says so (it never rewrites someone's policy).
+    """
+    key = demo_key(state_dir)
+    signer = allowed_signer_line(DEMO_APPROVER, generate_key(key, DEMO_APPROVER))
+    path = policy_path()
+    if not path.exists():
+        write_policy(path, ReleasePolicy(allowed_signers=[signer]))
+        out.print(f"Wrote the release policy {path}: allowed signer {DEMO_APPROVER}")
+        return key
     try:
-        await ReleasePolicy.aload(DEFAULT_BLOCK_NAME)
-    except ValueError:
-        await ReleasePolicy(approvers=[DEMO_APPROVER]).save(DEFAULT_BLOCK_NAME)
-        out.print(f"Saved release policy block {DEFAULT_BLOCK_NAME!r}: approvers = [demo]")
+        policy = load_release_policy(path)
+    except PolicyError as exc:
+        raise StackError(str(exc)) from None
+    if signer not in policy.allowed_signers:
+        raise StackError(
+            f"the release policy {path} does not list the demo approver's key; add this line "
+            f"to its allowed_signers, or remove the file to let the demo write one:\n  {signer}"
+        )
+    return key
 
 
 class Demo:
@@ -85,6 +113,7 @@ class Demo:
     def __init__(self, out: Console, err: Console, manual: bool) -> None:
         self.out, self.err, self.manual = out, err, manual
         self.settings = StackSettings()
+        self.key = demo_key(self.settings.state_dir)
 
     def _progress(self, spinner: Status) -> Callable[[str], None]:
         def progress(message: str) -> None:
@@ -122,15 +151,16 @@ class Demo:
             self.out.print(
                 f"Waiting for your approval: the Prefect UI "
                 f"({flow_run_url(flow_run.id, self.settings.prefect_url)}) or "
-                f"`gantry approve {flow_run.id} --as USER`."
+                f"`gantry approve {flow_run.id} --key {self.key}` (the demo approver's key; "
+                "yours works once it is on the release policy's allowed signers)."
             )
             return True
         self.out.print(
-            f"The release waits at its approval gate; the demo approves it as "
-            f"[bold]{DEMO_APPROVER}[/bold] (on the demo allowlist) through the same API as "
-            f"`gantry approve {flow_run.id} --as {DEMO_APPROVER}`."
+            f"The release waits at its approval gate; the demo signs the approval as "
+            f"[bold]{DEMO_APPROVER}[/bold] (the policy's allowed signer) with its key, as "
+            f"`gantry approve {flow_run.id} --key {self.key}` does."
         )
-        answer = await answer_approval(str(flow_run.id), DEMO_APPROVER, True, "make demo", wait=60)
+        answer = await answer_approval(str(flow_run.id), "approve", "make demo", self.key, wait=60)
         if not answer.accepted:
             self.err.print(f"[red]the approval was refused:[/red] {answer.message}")
         return True
@@ -154,7 +184,7 @@ class Demo:
             f"{merge.data.get('staging_url')}[/bold]; release candidate "
             f"{merge.data.get('release_candidate')} recorded."
         )
-        asyncio.run(ensure_demo_policy(self.out))
+        ensure_demo_policy(self.settings.state_dir, self.out)
         release = self.pipeline(
             "release",
             RELEASE_DEPLOYMENT,
@@ -185,6 +215,6 @@ def run_demo(out: Console, err: Console, manual: bool = False) -> int:
         ensure_stack(demo.settings)
         with prefect_settings(demo.settings):
             return demo.run()
-    except (StackError, RunError) as exc:
+    except (StackError, RunError, ApprovalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 2

@@ -12,18 +12,29 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import LogSort
 from prefect.deployments import run_deployment
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from core.approvals import (
+    ApprovalError,
+    ApprovalStatement,
+    Decision,
+    sign_statement,
+    utc_timestamp,
+)
 from core.links import flow_run_url
 from flows.records.summary import summary_key
 from flows.steps.checkout import SHA_RE
@@ -199,12 +210,87 @@ class ApprovalOutcome(BaseModel):
     accepted: bool
     state: str
     message: str
+    candidate: str = ""
+    decision: str = ""
+
+
+async def pending_statement(flow_run_id: str, decision: Decision, reason: str) -> ApprovalStatement:
+    """The statement to sign for the release ``flow_run_id`` waits on, read from its pause form.
+
+    The form is what the flow itself filled in (candidate, digests); the flow checks them again
+    against its candidate, so a wrong form can only make the answer be refused.
+    """
+    from prefect.input import aread_flow_run_input, keyset_from_paused_state
+
+    try:
+        run_id = uuid.UUID(flow_run_id)
+    except ValueError:
+        raise RunError(f"{flow_run_id!r} is not a flow run id") from None
+    async with get_client() as client:
+        try:
+            flow_run = await client.read_flow_run(run_id)
+        except Exception as exc:
+            raise RunError(f"no flow run {flow_run_id}: {exc}") from exc
+        state = flow_run.state
+        if state is None or not state.is_paused():
+            name = state.name if state else "unknown"
+            raise RunError(f"flow run {flow_run.name} is not waiting for an approval ({name})")
+        schema: Any = await aread_flow_run_input(
+            key=keyset_from_paused_state(state)["schema"], flow_run_id=run_id
+        )
+    fields: dict[str, Any] = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    form = {name: spec.get("default") for name, spec in fields.items()}
+    if not form.get("candidate") or "signature" not in form:
+        raise RunError(f"flow run {flow_run.name} does not wait for a signed approval")
+    try:
+        return ApprovalStatement(
+            run=str(run_id),
+            candidate=str(form["candidate"]),
+            digests=list(form.get("digests") or []),
+            decision=decision,
+            reason=reason,
+            time=utc_timestamp(),
+        )
+    except ValidationError as exc:
+        raise RunError(f"flow run {flow_run.name}'s approval form is not usable: {exc}") from None
 
 
 async def answer_approval(
-    flow_run_id: str, approver: str, approve: bool, reason: str, wait: float = 15.0
+    flow_run_id: str, decision: Decision, reason: str, key: Path, wait: float = 15.0
 ) -> ApprovalOutcome:
-    """Answer a release's approval gate; `accepted` is False when the flow refused the answer."""
+    """Sign the statement for a waiting release with ``key`` and resume the run with it.
+
+    ``accepted`` is False when the flow refused the answer (the message says why).
+    """
+    statement = await pending_statement(flow_run_id, decision, reason)
+    try:
+        signature = await asyncio.to_thread(sign_statement, statement, key)
+    except ApprovalError as exc:
+        raise RunError(str(exc)) from None
+    answer = {**statement.model_dump(mode="json"), "signature": signature}
+    outcome = await submit_answer(flow_run_id, answer, wait)
+    return outcome.model_copy(update={"candidate": statement.candidate, "decision": decision})
+
+
+async def _refusal(client: PrefectClient, run_id: uuid.UUID) -> str:
+    """Why the flow refused the last answer, as its approval gate logged it."""
+    logs = await client.read_logs(
+        log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=30)
+        ),
+        sort=LogSort.TIMESTAMP_DESC,
+        limit=20,
+    )
+    for log in logs:
+        if log.message.startswith("answer refused"):
+            return log.message
+    return "answer refused"
+
+
+async def submit_answer(
+    flow_run_id: str, answer: dict[str, Any], wait: float = 15.0
+) -> ApprovalOutcome:
+    """Resume a paused release with ``answer`` (the approval form's fields) and see what it did."""
     from prefect.flow_runs import aresume_flow_run
 
     run_id = uuid.UUID(flow_run_id)
@@ -218,23 +304,22 @@ async def answer_approval(
         runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         tasks_before = len(await client.read_task_runs(flow_run_filter=runs_filter))
         try:
-            await aresume_flow_run(
-                run_id, run_input={"approver": approver, "approve": approve, "reason": reason}
-            )
+            await aresume_flow_run(run_id, run_input=answer)
         except Exception as exc:
             raise RunError(f"the answer was not accepted by the Prefect API: {exc}") from exc
-        # The flow checks the allowlist: a refused answer pauses it again under a new key.
+        # The flow checks the signature: a refused answer pauses it again under a new key.
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             flow_run = await client.read_flow_run(run_id)
             state = flow_run.state
             assert state is not None
             if state.is_paused() and state.state_details.pause_key != key:
+                why = await _refusal(client, run_id)
                 return ApprovalOutcome(
                     flow_run_id=flow_run_id,
                     accepted=False,
                     state=state.name or "Paused",
-                    message=f"{approver!r} may not answer this release; it is still waiting",
+                    message=f"{why}; the release is still waiting",
                 )
             # Accepted: the flow went on to its next step (or ended, for a rejection).
             moved_on = state.is_final() or (

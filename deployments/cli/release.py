@@ -1,14 +1,18 @@
-"""`gantry release`, `approve`, `reject`, `rollback`: production releases from the terminal."""
+"""`gantry release`, `approve`, `reject`, `rollback`, `policy show`: production releases."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from prefect.client.schemas.objects import FlowRun
 
+from core.approvals import Decision, default_key
 from core.links import flow_run_url
+from core.release_policy import PolicyError, load_release_policy, policy_path
 from core.settings import RELEASE_DEPLOYMENT, StackSettings
 from deployments.cli.console import (
     JsonFlag,
@@ -34,8 +38,8 @@ def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> Run
         err.print(
             f"\n[bold]{flow_run.name} waits for an approval[/bold]: answer in the Prefect UI "
             f"({flow_run_url(flow_run.id, prefect_url)}) or with\n"
-            f"  gantry approve {flow_run.id} --as USER\n"
-            f"  gantry reject {flow_run.id} --as USER --reason TEXT\n",
+            f"  gantry approve {flow_run.id} [--key ~/.ssh/id_ed25519]\n"
+            f"  gantry reject {flow_run.id} --reason TEXT\n",
             highlight=False,
         )
         return wait
@@ -77,13 +81,13 @@ def rollback(
     env: Annotated[str, typer.Option("--env", help="Only production can be rolled back.")],
     repo: RepoOption = None,
     name: NameOption = None,
-    no_approval: Annotated[
-        bool, typer.Option("--no-approval", help="Skip the gate, if the release policy allows.")
-    ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Put back the newest good release whose digests production does not serve now."""
+    """Put back the newest good release whose digests production does not serve now.
+
+    It waits for an approval unless the worker's release policy allows rollback without one.
+    """
     if env != "production":
         raise fail("only --env production can be rolled back (staging follows main)")
     if not repo and not name:
@@ -92,49 +96,88 @@ def rollback(
         "repository": repo,
         "repository_name": name,
         "rollback": True,
-        "skip_approval": no_approval,
         "triggered_by": "gantry rollback",
     }
     finish_release(follow_release(parameters, wait, as_json), as_json)
 
 
-def _answer(run_id: str, who: str, approve: bool, reason: str, as_json: bool) -> None:
+def _answer(run_id: str, decision: Decision, reason: str, key: Path | None, as_json: bool) -> None:
+    signing_key = key or default_key()
+    if signing_key is None:
+        raise fail("no SSH key: pass --key, or make ~/.ssh/id_ed25519 (ssh-keygen -t ed25519)")
     settings = StackSettings()
     with prefect_settings(settings):
         try:
-            outcome = asyncio.run(answer_approval(run_id, who, approve, reason))
+            outcome = asyncio.run(answer_approval(run_id, decision, reason, signing_key))
         except RunError as exc:
             raise fail(str(exc)) from None
     if as_json:
         out.print_json(outcome.model_dump_json())
     else:
-        out.print(outcome.message)
+        out.print(outcome.message, highlight=False)
     raise typer.Exit(0 if outcome.accepted else 1)
 
 
-AsOption = Annotated[str, typer.Option("--as", help="Your name, as on the release allowlist.")]
+RunArgument = Annotated[str, typer.Argument(help="The release's flow run id.")]
+KeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        help="Your SSH private key (default ~/.ssh/id_ed25519, then id_ecdsa, id_rsa); "
+        "its public key must be on the release policy's allowed signers.",
+    ),
+]
 
 
 def approve(
-    run_id: Annotated[str, typer.Argument(help="The release's flow run id.")],
-    who: AsOption,
+    run_id: RunArgument,
     reason: Annotated[str, typer.Option(help="A note kept in the release record.")] = "",
+    key: KeyOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Approve a waiting release (exit 1 when the answer is refused)."""
-    _answer(run_id, who, True, reason, as_json)
+    """Approve a waiting release with a signed statement (exit 1 when it is refused)."""
+    _answer(run_id, "approve", reason, key, as_json)
 
 
 def reject(
-    run_id: Annotated[str, typer.Argument(help="The release's flow run id.")],
-    who: AsOption,
+    run_id: RunArgument,
     reason: Annotated[str, typer.Option(help="Why it must not ship.")],
+    key: KeyOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Reject a waiting release: nothing is deployed."""
-    _answer(run_id, who, False, reason, as_json)
+    """Reject a waiting release with a signed statement: nothing is deployed."""
+    _answer(run_id, "reject", reason, key, as_json)
+
+
+policy_app = typer.Typer(help="The release policy the worker enforces.", no_args_is_help=True)
+
+
+@policy_app.command("show")
+def show_policy(as_json: JsonFlag = False) -> None:
+    """Print the release policy file the worker would use (exit 1 when missing or invalid)."""
+    path = policy_path()
+    try:
+        policy = load_release_policy(path)
+    except PolicyError as exc:
+        if as_json:
+            out.print_json(json.dumps({"path": str(path), "valid": False, "error": str(exc)}))
+        else:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        shown = {"path": str(path), "valid": True, "principals": policy.principals()}
+        out.print_json(json.dumps({**shown, **policy.model_dump(mode="json")}))
+        return
+    out.print(f"release policy: {path}", highlight=False)
+    out.print(f"  approvers (allowed signers): {', '.join(policy.principals())}", highlight=False)
+    out.print(f"  approval timeout: {policy.approval_timeout} s", highlight=False)
+    out.print(f"  self-approval allowed: {policy.allow_self_approval}", highlight=False)
+    rollback = policy.allow_rollback_without_approval
+    out.print(f"  rollback without approval: {rollback}", highlight=False)
+    out.print(f"  clock skew allowed: {policy.max_clock_skew} s", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     for command in (release, rollback, approve, reject):
         app.command()(command)
+    app.add_typer(policy_app, name="policy")

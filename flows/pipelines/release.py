@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -13,10 +14,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from blocks.release import DEFAULT_BLOCK_NAME, load_policy
 from clients.metrics import load_metrics
 from core.identity import identity_of, repository_slug
 from core.links import flow_run_url
+from core.release_policy import PolicyError, load_release_policy
 from flows.config import ConfigError, load_config
 from flows.deploy.runtime import deploy_target
 from flows.deploy.stage import deploy_images, deploy_lock
@@ -104,15 +105,15 @@ async def release_pipeline(
     tag: str | None = None,
     triggered_by: str | None = None,
     rollback: bool = False,
-    skip_approval: bool = False,
-    policy_block: str = DEFAULT_BLOCK_NAME,
     received_at: datetime | None = None,
 ) -> State[PipelineSummary]:
     """Deploy a release candidate's digests to production once an approver says so.
 
     Without ``candidate_id`` the newest candidate is released; with ``rollback`` the
     candidate of the previous successful release is. ``received_at`` is when the webhook
-    arrived; only the queue-time hook reads it.
+    arrived; only the queue-time hook reads it. Who may approve, how long the release waits and
+    whether a rollback needs an approval come from the worker's release policy file, never from
+    a parameter.
     """
     del received_at
     logger = step_logger("release")
@@ -155,15 +156,29 @@ async def release_pipeline(
         "candidate %s: commit %s, images %s", candidate.id, candidate.commit_sha, candidate.images
     )
 
-    policy = await load_policy(policy_block)
-    if skip_approval and not (rollback and policy.allow_rollback_without_approval):
-        skip_approval = False
-        logger.warning("the release policy requires an approval here; waiting for one")
+    try:
+        policy = await asyncio.to_thread(load_release_policy)
+    except PolicyError as exc:
+        # Never a silent default: without the worker's policy nobody can approve.
+        logger.error("%s", exc)
+        failed = StageResult(
+            name="approval", status=StageStatus.FAILED, detail=f"refused: {exc}; nothing deployed"
+        )
+        return await finish(context, [failed], started)
+    skip_approval = rollback and policy.allow_rollback_without_approval
+    metrics = await load_metrics()
     asked = time.monotonic()
     gate = (
         GateResult(outcome="approved", approver="(policy: rollback without approval)")
         if skip_approval
-        else await wait_for_approval(candidate, policy, "Roll back" if rollback else "Release")
+        else await wait_for_approval(
+            candidate,
+            policy,
+            str(flow_run.get_id() or ""),
+            metrics,
+            context.repository_name or repository_slug(context.repository),
+            "Roll back" if rollback else "Release",
+        )
     )
     waited = time.monotonic() - asked
     approval = await _approval_stage(gate, skip_approval, waited, policy.approval_timeout, context)

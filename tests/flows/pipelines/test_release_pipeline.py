@@ -1,4 +1,4 @@
-"""The release pipeline for real: approval gate, promotion by digest, rollback, guard rails."""
+"""The release pipeline for real: signed approvals, promotion by digest, rollback, guard rails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,17 +17,16 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from blocks.release import DEFAULT_BLOCK_NAME, ReleasePolicy
+from core.identity import name_slug
 from core.settings import RELEASE_DEPLOYMENT
-from deployments.runs import answer_approval
 from deployments.stack import Stack
 from flows.pipelines.merge import merge_pipeline
 from flows.pipelines.stages import PipelineSummary
 from flows.records.store import ReleaseCandidate, list_releases, record_candidate
 from tests.fakes.github_api import FakeGitHub
+from tests.flows.pipelines.approvers import Approvers
 from tests.flows.pipelines.service_repo import commit_version
 from tests.plugins.gitrepo import GitRepo
-from tests.plugins.prefect_server import prefect_api
 from tests.plugins.stack import as_json, gantry
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -37,7 +36,7 @@ class Service:
     def __init__(self, repo: GitRepo, name: str) -> None:
         self.repo = repo
         self.name = name
-        self.slug = name.replace("/", "-")
+        self.slug = name_slug(name)
 
     def merge(self, version: str, **markers: bool) -> PipelineSummary:
         sha = commit_version(self.repo, version, **markers)
@@ -49,11 +48,11 @@ class Service:
         assert state.is_completed(), summary.stages
         return summary
 
-    def start_release(self, policy: str, **params: Any) -> str:
+    def start_release(self, **params: Any) -> str:
         async def start() -> FlowRun:
             run: FlowRun = await run_deployment(
                 RELEASE_DEPLOYMENT,
-                parameters={"repository_name": self.name, "policy_block": policy, **params},
+                parameters={"repository_name": self.name, **params},
                 timeout=0,
             )
             return run
@@ -90,10 +89,6 @@ def final(run: FlowRun) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-def answer(run_id: str, who: str, approve: bool = True, reason: str = "") -> bool:
-    return asyncio.run(answer_approval(run_id, who, approve, reason, wait=60)).accepted
-
-
 def served(url: str) -> str | None:
     try:
         version: str = httpx.get(f"{url}/version", timeout=5).json()["version"]
@@ -103,32 +98,22 @@ def served(url: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def policies(local_stack: Stack) -> Iterator[dict[str, str]]:
-    suffix = uuid.uuid4().hex[:6]
-    names = {"normal": f"release-{suffix}", "short": f"release-short-{suffix}"}
-
-    async def save() -> None:
-        await ReleasePolicy(approvers=["alice"], approval_timeout=600).save(names["normal"])
-        await ReleasePolicy(approvers=["alice"], approval_timeout=3).save(names["short"])
-
-    # Module-scoped: set up before the per-test Prefect settings, so name the stack's server.
-    with prefect_api(local_stack.settings.prefect_api_url):
-        asyncio.run(save())
-    yield names
+def approvers(tmp_path_factory: pytest.TempPathFactory) -> Approvers:
+    return Approvers(tmp_path_factory.mktemp("approver-keys"))
 
 
-@pytest.fixture(scope="module")
-def rollback_policy(local_stack: Stack) -> None:
-    """`gantry rollback` reads the installation's policy block: allow it without an approval."""
+@pytest.fixture(autouse=True)
+def policy(local_stack: Stack, approvers: Approvers) -> None:
+    """The worker's release policy file: alice may approve, within 10 minutes."""
+    approvers.write_policy(local_stack.settings, "alice", approval_timeout=600)
 
-    async def save() -> None:
-        policy = ReleasePolicy(
-            approvers=["alice"], approval_timeout=600, allow_rollback_without_approval=True
-        )
-        await policy.save(DEFAULT_BLOCK_NAME, overwrite=True)
 
-    with prefect_api(local_stack.settings.prefect_api_url):
-        asyncio.run(save())
+@pytest.fixture
+def rollback_policy(local_stack: Stack, approvers: Approvers) -> None:
+    """The worker's policy lets a rollback go without an approval."""
+    approvers.write_policy(
+        local_stack.settings, "alice", approval_timeout=600, allow_rollback_without_approval=True
+    )
 
 
 @pytest.fixture
@@ -137,10 +122,10 @@ def service(make_repo: Callable[[str], GitRepo]) -> Service:
     return Service(make_repo(f"rel-{suffix}"), f"acme/rel-{suffix}")
 
 
-def release(service: Service, policy: str, who: str = "alice", **params: Any) -> FlowRun:
-    run_id = service.start_release(policy, **params)
+def release(service: Service, approvers: Approvers, **params: Any) -> FlowRun:
+    run_id = service.start_release(**params)
     wait_for(run_id, paused)
-    assert answer(run_id, who)
+    assert approvers.answer(run_id, "alice").accepted
     return wait_for(run_id, final)
 
 
@@ -166,17 +151,17 @@ def production_deployments(
 
 
 def test_an_approved_release_reaches_production_with_the_candidates_digests(
-    service: Service, policies: dict[str, str], session_github: FakeGitHub
+    service: Service, approvers: Approvers, session_github: FakeGitHub
 ) -> None:
     merged = service.merge("v1")
-    run = release(service, policies["normal"])
+    run = release(service, approvers)
     assert run.state is not None and run.state.is_completed(), run.state
     url = production_url(run)
     assert served(url) == "v1"
     # The run's summary starts with the gate: who approved, and how long it waited.
     rows = summary_rows(str(run.id))
     assert (rows[0]["stage"], rows[0]["status"]) == ("approval", "passed")
-    assert rows[0]["detail"] == "approved by alice"
+    assert rows[0]["detail"] == "approved by alice@example.invalid"
     assert [row["stage"] for row in rows[1:3]] == ["deploy-production", "smoke"]
     # The pull request's repository shows the release as a GitHub production deployment.
     [(deployment, statuses)] = production_deployments(session_github, service)
@@ -187,27 +172,27 @@ def test_an_approved_release_reaches_production_with_the_candidates_digests(
     assert statuses[-1]["log_url"].endswith(f"/runs/flow-run/{run.id}")
     record = service.releases()[0]
     assert record.outcome == "success"
-    assert record.approved_by == "alice"
+    assert record.approved_by == "alice@example.invalid", "the key's principal, not a typed name"
     assert record.candidate_id == merged.data["release_candidate"]
     assert record.images == merged.data["images"]
 
 
 def test_a_rejection_deploys_nothing_and_is_recorded(
-    service: Service, policies: dict[str, str], session_github: FakeGitHub
+    service: Service, approvers: Approvers, session_github: FakeGitHub
 ) -> None:
     service.merge("v1")
-    run_id = service.start_release(policies["normal"])
+    run_id = service.start_release()
     wait_for(run_id, paused)
-    assert answer(run_id, "alice", approve=False, reason="not during the freeze")
+    assert approvers.answer(run_id, "alice", "reject", "not during the freeze").accepted
     run = wait_for(run_id, final)
     assert run.state is not None and run.state.is_cancelled()
-    assert "rejected by alice: not during the freeze" in (run.state.message or "")
+    assert "rejected by alice@example.invalid: not during the freeze" in (run.state.message or "")
     record = service.releases()[0]
-    assert (record.outcome, record.approved_by) == ("rejected", "alice")
+    assert (record.outcome, record.approved_by) == ("rejected", "alice@example.invalid")
     # The run still has its summary: the gate, cancelled, and why.
     [row] = summary_rows(run_id)
     assert (row["stage"], row["status"]) == ("approval", "cancelled")
-    assert "rejected by alice" in row["detail"]
+    assert "rejected by alice@example.invalid" in row["detail"]
     assert production_deployments(session_github, service) == []
 
 
@@ -234,38 +219,25 @@ def summary_rows(run_id: str) -> list[dict[str, Any]]:
 
 
 def test_no_answer_before_the_timeout_cancels_with_nothing_deployed(
-    service: Service, policies: dict[str, str]
+    service: Service, approvers: Approvers, local_stack: Stack
 ) -> None:
+    approvers.write_policy(local_stack.settings, "alice", approval_timeout=3)
     service.merge("v1")
-    run_id = service.start_release(policies["short"])
+    run_id = service.start_release()
     run = wait_for(run_id, final, timeout=120)
     assert run.state is not None and run.state.is_cancelled()
     assert "no approval within 3 s" in (run.state.message or "")
     assert service.releases()[0].outcome == "timed_out"
 
 
-def test_an_approver_not_on_the_allowlist_cannot_approve(
-    service: Service, policies: dict[str, str]
-) -> None:
-    service.merge("v1")
-    run_id = service.start_release(policies["normal"])
-    wait_for(run_id, paused)
-    assert answer(run_id, "mallory") is False
-    assert paused(read_run(run_id)), "the release must keep waiting"
-    assert answer(run_id, "alice") is True
-    run = wait_for(run_id, final)
-    assert run.state is not None and run.state.is_completed()
-    assert service.releases()[0].approved_by == "alice"
-
-
 def test_a_failing_smoke_check_rolls_production_back(
-    service: Service, policies: dict[str, str], session_github: FakeGitHub
+    service: Service, approvers: Approvers, session_github: FakeGitHub
 ) -> None:
     service.merge("v1")
-    good = release(service, policies["normal"])
+    good = release(service, approvers)
     url = production_url(good)
     service.merge("v2", smoke_fails=True)
-    run = release(service, policies["normal"])
+    run = release(service, approvers)
     assert run.state is not None and run.state.is_failed()
     assert served(url) == "v1"
     record = service.releases()[0]
@@ -277,7 +249,7 @@ def test_a_failing_smoke_check_rolls_production_back(
 
 
 def test_a_digest_that_never_passed_staging_is_refused(
-    service: Service, policies: dict[str, str]
+    service: Service, approvers: Approvers
 ) -> None:
     merged = service.merge("v1")
     forged = ReleaseCandidate(
@@ -290,7 +262,7 @@ def test_a_digest_that_never_passed_staging_is_refused(
         flow_run_id=str(merged.data.get("flow_run_id") or uuid.uuid4()),
     )
     asyncio.run(record_candidate(forged))
-    run_id = service.start_release(policies["normal"], candidate_id="rc-forged")
+    run_id = service.start_release(candidate_id="rc-forged")
     run = wait_for(run_id, final)
     assert run.state is not None and run.state.is_failed()
     summary = asyncio.run(run.state.aresult(raise_on_failure=False))
@@ -299,17 +271,14 @@ def test_a_digest_that_never_passed_staging_is_refused(
     assert "nothing deployed" in summary.stages[0].detail
 
 
-def test_two_releases_at_once_are_serialized(service: Service, policies: dict[str, str]) -> None:
+def test_two_releases_at_once_are_serialized(service: Service, approvers: Approvers) -> None:
     first = service.merge("v1").data["release_candidate"]
     second = service.merge("v2").data["release_candidate"]
-    runs = [
-        service.start_release(policies["normal"], candidate_id=candidate)
-        for candidate in (first, second)
-    ]
+    runs = [service.start_release(candidate_id=candidate) for candidate in (first, second)]
     for run_id in runs:
         wait_for(run_id, paused)
     for run_id in runs:
-        assert answer(run_id, "alice")
+        assert approvers.answer(run_id, "alice").accepted
     windows = []
     for run_id in runs:
         run = wait_for(run_id, final)
@@ -329,19 +298,19 @@ def test_two_releases_at_once_are_serialized(service: Service, policies: dict[st
 
 def rollback_cli(stack: Stack, service: Service) -> subprocess.CompletedProcess[str]:
     """`gantry rollback` of ``service``'s production, as an on-call engineer would type it."""
-    args = ["--env", "production", "--name", service.name, "--no-approval", "--json"]
+    args = ["--env", "production", "--name", service.name, "--json"]
     return gantry(stack, "rollback", *args)
 
 
 @pytest.mark.usefixtures("rollback_policy")
 def test_gantry_rollback_puts_the_previous_release_back_in_production(
-    service: Service, policies: dict[str, str], local_stack: Stack
+    service: Service, approvers: Approvers, local_stack: Stack
 ) -> None:
     service.merge("v1")
-    url = production_url(release(service, policies["normal"]))
+    url = production_url(release(service, approvers))
     first = service.releases()[0]
     service.merge("v2")
-    release(service, policies["normal"])
+    release(service, approvers)
     second = service.releases()[0]
     assert served(url) == "v2"
 
