@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from rich.console import Console
 from rich.table import Table
 
@@ -358,7 +358,11 @@ def main() -> int:
         console.print(f"Starting a bench stack in {home} (this takes a minute)")
         stack.up(lambda message: console.print(f"  {message}"))
         try:
-            with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+            updates = {
+                PREFECT_API_URL: settings.prefect_api_url,
+                PREFECT_API_AUTH_STRING: settings.api_auth_string(),
+            }
+            with temporary_settings(updates=updates):
                 results = asyncio.run(measure(settings, stack, args.deliveries, not args.no_sample))
         finally:
             stack.down(purge=True)

@@ -6,11 +6,16 @@ running demo never clash.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.redact import register_secret
+from core.statefiles import secret_file
 
 # Names of what `prefect.yaml` deploys; the CLI, the webhook dispatcher and tests share them.
 WORK_POOL = "gantry-local"
@@ -18,11 +23,25 @@ PR_DEPLOYMENT = "pr-pipeline/pr"
 MERGE_DEPLOYMENT = "merge-pipeline/merge"
 RELEASE_DEPLOYMENT = "release-pipeline/release"
 
+# The Prefect API credential of the local stack, kept in the state folder (core/statefiles.py).
+PREFECT_AUTH_FILE = "prefect-auth"
+PREFECT_AUTH_USER = "gantry"
+# Shorter passwords are refused: the credential guards every run, block and secret.
+MIN_AUTH_PASSWORD = 16
+
+
+def generate_auth_string() -> str:
+    """A new ``user:password`` for the Prefect API, in the form its UI login accepts."""
+    return f"{PREFECT_AUTH_USER}:{secrets.token_urlsafe(32)}"
+
 
 class StackSettings(BaseSettings):
     """Where the local stack keeps its state and which loopback ports it uses."""
 
-    model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore")
+    # hide_input_in_errors: a refused credential must not be echoed in the error.
+    model_config = SettingsConfigDict(
+        env_prefix="GANTRY_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(default=Path(".gantry"), description="state folder")
     host: str = "127.0.0.1"
@@ -33,6 +52,39 @@ class StackSettings(BaseSettings):
     staging_port: int = Field(default=8801, ge=1, le=65535)
     production_port: int = Field(default=8802, ge=1, le=65535)
     work_pool: str = WORK_POOL
+    # GANTRY_PREFECT_AUTH_STRING: the operator's own Prefect API credential (user:password);
+    # unset, one is generated once into the state folder.
+    prefect_auth_string: SecretStr | None = None
+
+    @field_validator("prefect_auth_string")
+    @classmethod
+    def _auth_string_form(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        user, colon, password = value.get_secret_value().strip().partition(":")
+        # The message never holds the value: validation errors are printed.
+        if not user or not colon or len(password) < MIN_AUTH_PASSWORD:
+            raise ValueError(
+                "GANTRY_PREFECT_AUTH_STRING must be user:password with a password of at least "
+                f"{MIN_AUTH_PASSWORD} characters"
+            )
+        return SecretStr(value.get_secret_value().strip())
+
+    def api_auth_string(self) -> str:
+        """The Prefect API credential (``user:password``), registered for redaction.
+
+        GANTRY_PREFECT_AUTH_STRING when set; otherwise the one generated once (0600) into the
+        state folder, so the server and every client of this stack share it.
+        """
+        if self.prefect_auth_string is not None:
+            value = self.prefect_auth_string.get_secret_value()
+        else:
+            value = secret_file(self.state_dir / PREFECT_AUTH_FILE, generate_auth_string)
+        # Whole, its password alone, and as the Basic token a request header would carry.
+        register_secret(value)
+        register_secret(value.partition(":")[2])
+        register_secret(base64.b64encode(value.encode()).decode())
+        return value
 
     @property
     def state_dir(self) -> Path:
@@ -70,9 +122,11 @@ class StackSettings(BaseSettings):
 
 
 def prefect_env(settings: StackSettings) -> dict[str, str]:
-    """Environment for every Prefect process Gantry starts: offline, fast polling, our server."""
+    """Environment for every Prefect process Gantry starts: offline, fast polling, our server
+    and its credential."""
     return {
         "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_API_AUTH_STRING": settings.api_auth_string(),
         "PREFECT_HOME": str(settings.state_dir / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",

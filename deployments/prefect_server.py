@@ -1,4 +1,5 @@
-"""The Prefect server of the local stack (SQLite in the state folder, loopback only)."""
+"""The Prefect server of the local stack (SQLite in the state folder, loopback only, and
+authenticated: see ``StackSettings.api_auth_string``)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ class PrefectServer:
         env = base_env(self.settings)
         env["PREFECT_SERVER_API_HOST"] = self.settings.host
         env["PREFECT_SERVER_API_PORT"] = str(self.settings.prefect_port)
+        # Every API call but /api/health and /api/ready needs the credential (HTTP Basic); the
+        # UI asks for it at login. Clients get it as PREFECT_API_AUTH_STRING (prefect_env).
+        env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
         Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
         argv = [
             venv_bin("prefect"),

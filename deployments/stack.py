@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 
 from core.ports import StackError, port_is_free, wait_until
 from core.settings import StackSettings
+from core.statefiles import ensure_state_dir, secret_file, secure_state_folder
 from deployments.engine import ContainerEngine
 from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
@@ -35,6 +37,10 @@ class PartStatus:
 
 def _quiet(message: str) -> None:
     del message
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger("gantry.stack").warning(message)
 
 
 def worker_env(settings: StackSettings) -> dict[str, str]:
@@ -90,11 +96,15 @@ class Stack:
                 )
 
     def ensure_work_pool(self) -> None:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         # Prefect reads its settings once per process: change them through its own context,
         # or the client would talk to whatever server this process was started for.
-        with temporary_settings(updates={PREFECT_API_URL: self.settings.prefect_api_url}):
+        updates = {
+            PREFECT_API_URL: self.settings.prefect_api_url,
+            PREFECT_API_AUTH_STRING: self.settings.api_auth_string(),
+        }
+        with temporary_settings(updates=updates):
             asyncio.run(self._ensure_work_pool())
 
     def apply_deployments(self) -> None:
@@ -134,8 +144,9 @@ class Stack:
                     f"stop it or set {variable} to a free port"
                 )
 
-    def up(self, progress: Progress = _quiet) -> list[PartStatus]:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+    def up(self, progress: Progress = _quiet, warn: Progress = _log_warning) -> list[PartStatus]:
+        """Start what is not running; ``warn`` hears what was fixed in the state folder."""
+        self.secure_state(warn)
         self._check_ports()
         progress("starting the container registry")
         self.registry.start()
@@ -174,16 +185,25 @@ class Stack:
             self._start_receiver()
         return self.status()
 
+    def secure_state(self, warn: Progress = _log_warning) -> None:
+        """The state folder 0700 and its secret files 0600, the stack's secrets created.
+
+        What Gantry created is fixed and reported to ``warn``; a secret file others can read
+        that cannot be fixed raises SecretFileError (a StackError) before anything starts.
+        """
+        ensure_state_dir(self.settings.state_dir)
+        self.settings.api_auth_string()
+        self.webhook_secret()
+        for warning in secure_state_folder(self.settings.state_dir):
+            warn(warning)
+
     def webhook_secret(self) -> str:
         """GANTRY_WEBHOOK_SECRET, or one generated once and kept (0600) in the state folder."""
         given = os.environ.get("GANTRY_WEBHOOK_SECRET")
         if given:
             return given
         path = self.settings.state_dir / "webhook-secret"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_hex(32))
-        return path.read_text().strip()
+        return secret_file(path, lambda: secrets.token_hex(32))
 
     def _start_receiver(self) -> None:
         if not port_is_free(self.settings.host, self.settings.webhook_port):

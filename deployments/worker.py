@@ -41,6 +41,7 @@ from prefect.workers.process import ProcessWorker
 from prefect_kubernetes.worker import KubernetesWorker
 
 from clients.metrics import get_metrics
+from core.redact import register_secret
 from flows.steps.sandbox.select import reap_stack_leftovers
 
 # Datadog's own name for the environment; the worker's pod already sets it (modules/prefect).
@@ -232,6 +233,9 @@ async def serve(worker: AnyWorker, with_healthcheck: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    # The Prefect API credential reaches the worker only through its environment: masked in
+    # every line the worker logs.
+    register_secret(os.environ.get("PREFECT_API_AUTH_STRING"))
     try:
         worker = build_worker(options)
     except (OSError, ValueError) as exc:

@@ -37,11 +37,15 @@ STATUS_STYLE = {
 
 @contextlib.contextmanager
 def prefect_settings(settings: StackSettings) -> Iterator[None]:
-    """Point this process's Prefect client at the local stack's server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Point this process's Prefect client at the local stack's server, with its credential."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     env = prefect_env(settings)
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    updates = {
+        PREFECT_API_URL: env["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+    }
+    with temporary_settings(updates=updates):
         yield
 
 
@@ -53,8 +57,16 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def ensure_stack(settings: StackSettings, quiet: bool = False) -> None:
     from deployments.stack import Stack
 
+    def warn(message: str) -> None:
+        # Shown even with --json: the operator must hear that a secret was exposed.
+        err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
     stack = Stack(settings)
     if stack.is_up():
+        try:  # a running stack's state folder is checked all the same
+            stack.secure_state(warn)
+        except StackError as exc:
+            raise fail(str(exc)) from None
         return
     with err.status("starting the local stack") as status:
 
@@ -64,7 +76,7 @@ def ensure_stack(settings: StackSettings, quiet: bool = False) -> None:
                 err.print(f"  {message}")
 
         try:
-            stack.up(progress)
+            stack.up(progress, warn)
         except StackError as exc:
             raise fail(str(exc)) from None
 

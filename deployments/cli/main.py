@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -87,6 +89,25 @@ def status(as_json: JsonFlag = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command("env")
+def env(as_json: JsonFlag = False) -> None:
+    """Shell exports that point Prefect's own CLI and scripts at the local stack.
+
+    Use as eval "$(gantry env)". The output holds the Prefect API credential: never log it.
+    """
+    settings = StackSettings()
+    values = {
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_API_AUTH_STRING": settings.api_auth_string(),
+    }
+    # Plain echo, not rich: rich would wrap long lines and read [brackets] as markup.
+    if as_json:
+        typer.echo(json.dumps(values))
+        return
+    for name, value in values.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
 def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
     outcome = follow(pipeline, deployment, parameters, as_json)
     print_outcome(outcome, as_json)
@@ -162,7 +183,12 @@ def demo(
 
 
 def main() -> None:
+    from core.redact import register_secret
     from deployments.cli import observe, release, webhooks
+
+    # A process started by the stack (the receiver) holds the Prefect API credential only in
+    # its environment: masked in its logs from the start.
+    register_secret(os.environ.get("PREFECT_API_AUTH_STRING"))
 
     release.register(app)
     observe.register(app)

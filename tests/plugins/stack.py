@@ -73,7 +73,12 @@ def session_github() -> Iterator[FakeGitHub]:
 def local_stack(
     tmp_path_factory: pytest.TempPathFactory, session_github: FakeGitHub
 ) -> Iterator[Stack]:
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
 
     home: Path = tmp_path_factory.mktemp("gantry-home")
     staging = free_port_pair()
@@ -94,6 +99,8 @@ def local_stack(
         # Webhook runs clone owner/name from this folder, never from a payload's URL.
         "GANTRY_GIT_BASE_URL": (home / "git").as_uri() + "/",
         "GANTRY_WEBHOOK_REPOSITORIES": "acme/*",
+        # Threads without a Prefect settings context (served apps) read the credential here.
+        "PREFECT_API_AUTH_STRING": settings.api_auth_string(),
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -103,6 +110,7 @@ def local_stack(
         # In-process flow runs keep their cached results in this session's state folder too.
         updates = {
             PREFECT_API_URL: settings.prefect_api_url,
+            PREFECT_API_AUTH_STRING: settings.api_auth_string(),
             PREFECT_LOCAL_STORAGE_PATH: settings.state_dir / "results",
         }
         with temporary_settings(updates=updates):
