@@ -167,7 +167,10 @@ def _mask_key_value(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with registered secrets and credential-shaped strings masked."""
     # PEM blocks first: masked whole, before registered lines would leave a mask per line.
-    text = _PEM_PRIVATE_KEY.sub(_PEM_MASK, text)
+    # Looked for only when a key's header is there: most text has none, and the cut-off form
+    # would otherwise rescan every run of long base64-looking lines.
+    if "PRIVATE KEY-----" in text:
+        text = _PEM_PRIVATE_KEY.sub(_PEM_MASK, text)
     pattern = _secret_pattern
     if pattern is not None:
         text = pattern.sub(MASK, text)
