@@ -23,6 +23,14 @@ from pathlib import Path
 import docker
 import pytest
 
+from bench.supply import (
+    BENCH_BUILDER,
+    BENCH_COMMIT,
+    BENCH_REPOSITORY,
+    BENCH_SOURCE,
+    PHASES,
+    measure_supply,
+)
 from clients.oci_artifacts import (
     ATTESTATION_SUFFIX,
     DSSE_ENVELOPE,
@@ -320,3 +328,32 @@ def test_gantry_sbom_lists_name_version_and_type(pushed: Pushed, tmp_path: Path)
     assert as_json["describes"] == pushed.digest
     version = distribution(PYTHON_DIST).version
     assert {"name": PYTHON_DIST, "version": version, "type": "python"} in as_json["packages"]
+
+
+def test_the_bench_pushes_an_image_then_times_each_supply_phase_on_fresh_digests(
+    pushed: Pushed, container_engine: str, registry: str
+) -> None:
+    cost = measure_supply(container_engine, registry, rounds=2, key=pushed.key)
+    assert cost["rounds"] == 2 and cost["source"]
+    phases = cost["per_image"]
+    assert set(phases) == set(PHASES)
+    assert all(seconds > 0 for seconds in phases.values()), phases
+    # The total is the median of per-round sums: at least each phase's share of it.
+    assert cost["total"] >= max(phases.values())
+    assert cost["push"] > 0 and cost["over_push"] == cost["total"] / cost["push"]
+    image, pushed_digest = cost["image"].split("@")
+    assert image == f"{registry}/{BENCH_REPOSITORY}"
+    digests = cost["digests"]
+    assert len(set(digests)) == 2 and pushed_digest not in digests
+    for digest in digests:
+        # What was timed was real: each digest carries its SBOM and a provenance that verifies.
+        result = verify_release(
+            image,
+            digest,
+            Expected(commit=BENCH_COMMIT, repository=BENCH_SOURCE),
+            registry=pushed.registry,
+            trusted=TrustedKeys.of(pushed.key.public_key),
+        )
+        assert result.ok, result.checks
+        assert result.provenance is not None
+        assert result.provenance.builder_id == BENCH_BUILDER
