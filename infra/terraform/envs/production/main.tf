@@ -1,6 +1,12 @@
 locals {
   environment = "production"
   tags        = { Project = "gantry", Environment = local.environment, ManagedBy = "terraform" }
+  # Public keys are not secret: they are reviewed and committed here, one <keyid>.pub per key;
+  # adding and removing files is how a key is trusted, rotated and revoked.
+  provenance_trusted_public_keys = {
+    for name in fileset("${path.module}/provenance-trusted-keys", "*.pub") :
+    name => file("${path.module}/provenance-trusted-keys/${name}")
+  }
 }
 
 provider "aws" {
@@ -86,4 +92,7 @@ module "environment" {
   runbook_base_url        = var.runbook_base_url
   notify_handles          = var.notify_handles
   escalation_schedule_ids = var.escalation_schedule_ids
+
+  provenance_signing_key_secret_arn = var.provenance_signing_secret_arn
+  provenance_trusted_public_keys    = local.provenance_trusted_public_keys
 }

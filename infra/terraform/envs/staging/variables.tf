@@ -26,6 +26,11 @@ variable "webhook_secret_arn" {
   description = "Secrets Manager secret holding the GitHub webhook secret (created outside Terraform so the value never enters the code)."
 }
 
+variable "provenance_signing_secret_arn" {
+  type        = string
+  description = "Secrets Manager secret holding the PEM key that signs image provenance (created outside Terraform so the key never enters the code; docs/runbooks/provenance-keys.md). The public keys releases trust are the committed provenance-trusted-keys/*.pub files."
+}
+
 variable "runbook_base_url" {
   type        = string
   description = "Web URL of docs/runbooks in Gantry's repository, linked from every monitor."

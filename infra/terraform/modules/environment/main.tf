@@ -66,6 +66,9 @@ module "prefect" {
   gantry_image_repository = module.registry.repository_urls["gantry"]
   gantry_image_tag        = var.gantry_image_tag
   base_job_template_path  = "${path.module}/../../../k8s/work-pool/base-job-template.json"
+
+  provenance_signing_key_secret_arn = var.provenance_signing_key_secret_arn
+  provenance_trusted_public_keys    = var.provenance_trusted_public_keys
 }
 
 module "monitoring" {

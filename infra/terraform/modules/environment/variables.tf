@@ -88,3 +88,23 @@ variable "escalation_schedule_ids" {
   type        = list(string)
   description = "PagerDuty schedule IDs in escalation order (primary, secondary)."
 }
+
+variable "provenance_signing_key_secret_arn" {
+  type        = string
+  description = "Secrets Manager secret whose string is the PEM ECDSA P-256 key that signs each pushed image's provenance (passed to the prefect module, which makes it the gantry-provenance-signing-key Secret). Null: nothing signs, so no release verifies."
+  default     = null
+}
+
+variable "provenance_trusted_public_keys" {
+  type        = map(string)
+  description = "PEM public keys releases trust to have signed provenance, by file name <keyid>.pub (the hex SHA-256 of the DER key): one, or two while the signing key is rotated."
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for name, pem in var.provenance_trusted_public_keys :
+      can(regex("^[0-9a-f]{64}\\.pub$", name)) && startswith(trimspace(pem), "-----BEGIN PUBLIC KEY-----")
+    ])
+    error_message = "Each trusted key is named <keyid>.pub (64 lowercase hex digits) and holds one PEM public key (-----BEGIN PUBLIC KEY-----), never a private key."
+  }
+}
