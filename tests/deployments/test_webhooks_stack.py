@@ -68,15 +68,23 @@ def wait_final(run_id: uuid.UUID, timeout: float = 180) -> FlowRun:
     raise AssertionError(f"run {run_id} did not finish")
 
 
-def pr_payload(repo: GitRepo, sha: str, number: int, branch: str) -> dict[str, Any]:
+def hosted(stack: Stack, full_name: str) -> GitRepo:
+    """A repository on the test stack's Git host (GANTRY_GIT_BASE_URL), as owner/name."""
+    return GitRepo(stack.settings.state_dir / "git" / full_name)
+
+
+def pr_payload(
+    full_name: str, sha: str, number: int, branch: str, clone_url: str
+) -> dict[str, Any]:
     return {
         "action": "opened",
         "number": number,
-        "repository": {"full_name": "acme/hooked", "clone_url": str(repo.path)},
+        # The clone URL is GitHub's, and never used: runs clone from the Git host.
+        "repository": {"full_name": full_name, "id": 5150, "clone_url": clone_url},
         "pull_request": {
             "draft": False,
-            "head": {"ref": branch, "sha": sha, "repo": {"full_name": "acme/hooked"}},
-            "base": {"ref": "main", "sha": sha, "repo": {"full_name": "acme/hooked"}},
+            "head": {"ref": branch, "sha": sha, "repo": {"full_name": full_name}},
+            "base": {"ref": "main", "sha": sha, "repo": {"full_name": full_name}},
         },
     }
 
@@ -84,11 +92,16 @@ def pr_payload(repo: GitRepo, sha: str, number: int, branch: str) -> dict[str, A
 def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
     local_stack: Stack, session_github: FakeGitHub, make_repo: Callable[[str], GitRepo]
 ) -> None:
-    repo = make_repo("hooked")
+    name = f"acme/hooked-{uuid.uuid4().hex[:6]}"
+    repo = hosted(local_stack, name)
     sha = repo.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "print('ok')"])})
+    # The payload's clone URL names another repository holding a failing check at the same
+    # SHA's place: if it were cloned, the run would fail or not find the commit.
+    decoy = make_repo("decoy")
+    decoy.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "raise SystemExit(3)"])})
     delivery = str(uuid.uuid4())
     branch = 'zzz";echo${IFS}"hello";#$(id)'
-    payload = pr_payload(repo, sha, 42, branch)
+    payload = pr_payload(name, sha, 42, branch, decoy.path.as_uri())
     assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) == 202
     # The same delivery again (GitHub redelivers with the same id) starts nothing more.
     assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) in (200, 202)
@@ -100,6 +113,8 @@ def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
     assert runs[0].parameters["sha"] == sha
     assert runs[0].parameters["pr_number"] == 42
     assert runs[0].parameters["head_ref"] == branch  # inert data, exactly as sent
+    assert runs[0].parameters["repository"] is None  # nothing of the payload's clone URL
+    assert runs[0].parameters["repository_id"] == 5150
     finished = wait_final(runs[0].id)
     assert finished.state is not None and finished.state.is_completed()
     statuses = [r for r in session_github.requests_to(f"/statuses/{sha}") if r.method == "POST"]
@@ -133,13 +148,22 @@ def run_logs(run_id: uuid.UUID) -> list[str]:
     return asyncio.run(read())
 
 
-def test_a_bad_signature_starts_nothing(
-    local_stack: Stack, make_repo: Callable[[str], GitRepo]
-) -> None:
-    repo = make_repo("unsigned")
-    sha = repo.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "1"])})
+def test_a_bad_signature_starts_nothing(local_stack: Stack) -> None:
+    name = f"acme/unsigned-{uuid.uuid4().hex[:6]}"
+    sha = hosted(local_stack, name).commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "1"])})
     delivery = str(uuid.uuid4())
-    payload = pr_payload(repo, sha, 7, "feature")
+    payload = pr_payload(name, sha, 7, "feature", "https://github.com/acme/x.git")
     assert post(local_stack, "pull_request", payload, delivery, "wrong-secret-0123456789") == 401
+    time.sleep(3)
+    assert runs_for(delivery) == []
+
+
+def test_a_repository_off_the_allowlist_starts_nothing(local_stack: Stack) -> None:
+    # The test stack's receiver serves acme/* only.
+    name = f"mallory/svc-{uuid.uuid4().hex[:6]}"
+    sha = hosted(local_stack, name).commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "1"])})
+    delivery = str(uuid.uuid4())
+    payload = pr_payload(name, sha, 8, "feature", "https://github.com/mallory/x.git")
+    assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) == 202
     time.sleep(3)
     assert runs_for(delivery) == []

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 
 from clients.registry import RegistryClient
+from core.identity import name_slug
 from core.settings import MERGE_DEPLOYMENT
 from deployments.stack import Stack
 from flows.pipelines.merge import merge_pipeline
@@ -46,7 +47,8 @@ def stage(summary: PipelineSummary, name: str) -> Any:
 @pytest.fixture
 def service(make_repo: Callable[[str], GitRepo]) -> tuple[GitRepo, str, str]:
     suffix = uuid.uuid4().hex[:6]
-    return make_repo(f"svc-{suffix}"), f"acme/svc-{suffix}", f"acme-svc-{suffix}"
+    name = f"acme/svc-{suffix}"
+    return make_repo(f"svc-{suffix}"), name, name_slug(name)
 
 
 def test_a_merge_pushes_by_digest_deploys_staging_and_records_a_candidate(
