@@ -138,6 +138,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedDemo]
         }
         try:
             result = run_gantry(env, "demo", timeout=DEMO_TIMEOUT)
+            # The Prefect API credential `gantry demo` generated into the state folder.
+            chosen["prefect-api"] = settings.api_auth_string()
             # Let the last datagrams and heartbeats land before anyone counts them.
             time.sleep(2)
             yield ObservedDemo(settings, env, result, agent, snyk, datadog, pagerduty, chosen)
@@ -183,7 +185,9 @@ def test_every_service_log_line_is_one_json_object(observed: ObservedDemo) -> No
 
 def flow_run_logs_and_artifacts(settings: StackSettings) -> tuple[list[str], list[str]]:
     async def read() -> tuple[list[str], list[str]]:
-        async with PrefectClient(settings.prefect_api_url) as client:
+        async with PrefectClient(
+            settings.prefect_api_url, auth_string=settings.api_auth_string()
+        ) as client:
             messages: list[str] = []
             while True:
                 page = await client.read_logs(limit=200, offset=len(messages))
