@@ -72,6 +72,14 @@ def test_receiver_and_worker_run_gantrys_image_and_talk_to_the_server() -> None:
     assert "--with-healthcheck" in command
 
 
+def test_the_prefect_api_requires_the_credential_its_clients_send() -> None:
+    services = compose()["services"]
+    given = "${PREFECT_API_AUTH_STRING:?set PREFECT_API_AUTH_STRING to user:password}"
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == given
+    for name in ("worker", "webhook-receiver"):
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"] == given, name
+
+
 def test_published_ports_listen_on_loopback_only() -> None:
     for name, service in compose()["services"].items():
         for port in service.get("ports", []):

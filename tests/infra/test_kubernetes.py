@@ -98,6 +98,17 @@ def test_receiver_secret_comes_from_a_kubernetes_secret(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", ENVIRONMENTS)
+def test_receiver_reaches_prefect_with_the_credential_from_the_servers_secret(
+    overlay: str,
+) -> None:
+    env = {item["name"]: item for item in receiver_container(overlay)["env"]}
+    auth = env["PREFECT_API_AUTH_STRING"]
+    assert "value" not in auth
+    # The Secret and key the prefect Terraform module writes and the Prefect charts read.
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": "prefect-api-auth", "key": "auth-string"}
+
+
+@pytest.mark.parametrize("overlay", ENVIRONMENTS)
 def test_receiver_is_exposed_autoscaled_and_disruption_protected(overlay: str) -> None:
     service = find(overlay, "Service", "gantry-receiver")
     ingress = find(overlay, "Ingress", "gantry-receiver")

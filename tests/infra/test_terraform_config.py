@@ -273,6 +273,26 @@ def test_prefect_module_uses_the_official_charts_on_external_postgresql() -> Non
     assert "postgresql = {enabled = false}" in server_values.replace('"', "")
 
 
+def test_prefect_api_requires_a_credential_from_a_kubernetes_secret() -> None:
+    """Server and worker read it from one Secret (the charts' basicAuth); no value is in code."""
+    module = load_hcl(MODULES_DIR / "prefect")
+    secret = resources(module, "kubernetes_secret_v1")["prefect_auth"]
+    metadata, data = secret["metadata"], secret["data"]
+    assert isinstance(metadata, list) and isinstance(data, dict)
+    assert unquote(metadata[0]["name"]) == "prefect-api-auth"  # what infra/k8s's receiver reads
+    auth = str(unquote(data["auth-string"]))
+    user, colon, password = auth.partition(":")
+    assert user and colon and password == "${random_password.prefect_api.result}"
+    generated = resources(module, "random_password")["prefect_api"]
+    assert int(unquote(generated["length"])) >= 32
+    releases = resources(module, "helm_release")
+    reference = "existingSecret = kubernetes_secret_v1.prefect_auth.metadata[0].name"
+    for name in ("server", "worker"):
+        values = str(releases[name]["values"]).replace('"', "")
+        assert f"basicAuth = {{enabled = true, {reference}}}" in values, name
+        assert "AUTH_STRING" not in values, f"{name}: the credential only from the Secret"
+
+
 # Hygiene ---------------------------------------------------------------------------------------
 
 

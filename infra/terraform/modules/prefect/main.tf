@@ -42,6 +42,28 @@ resource "kubernetes_secret_v1" "database" {
   }
 }
 
+# The Prefect API's credential (HTTP Basic, "user:password"): the server requires it on every
+# call but /api/health and /api/ready, the worker, its flow runs and the webhook receiver send it,
+# and the UI asks for it at login (read it with
+# kubectl -n <namespace> get secret prefect-api-auth -o jsonpath='{.data.auth-string}').
+resource "random_password" "prefect_api" {
+  length  = 40
+  special = false
+}
+
+resource "kubernetes_secret_v1" "prefect_auth" {
+  metadata {
+    name      = "prefect-api-auth"
+    namespace = kubernetes_namespace_v1.gantry.metadata[0].name
+    labels    = local.labels
+  }
+
+  data = {
+    # The key both Prefect charts read (server.basicAuth, worker.basicAuth).
+    auth-string = "gantry:${random_password.prefect_api.result}"
+  }
+}
+
 resource "helm_release" "server" {
   name       = local.server_name
   namespace  = kubernetes_namespace_v1.gantry.metadata[0].name
@@ -61,6 +83,11 @@ resource "helm_release" "server" {
     redis = { enabled = local.ha }
     server = {
       replicaCount = var.server_replicas
+      # PREFECT_SERVER_API_AUTH_STRING from the Secret; the UI then prompts for it.
+      basicAuth = {
+        enabled        = true
+        existingSecret = kubernetes_secret_v1.prefect_auth.metadata[0].name
+      }
       env = [
         { name = "PREFECT_SERVER_ANALYTICS_ENABLED", value = "false" },
       ]
@@ -89,6 +116,11 @@ resource "helm_release" "worker" {
       # Gantry's image has tini but not the entrypoint script of Prefect's own image.
       command                   = ["/usr/bin/tini", "-g", "--"]
       selfHostedServerApiConfig = { apiUrl = local.api_url }
+      # PREFECT_API_AUTH_STRING from the server's Secret; Prefect hands it on to each flow run.
+      basicAuth = {
+        enabled        = true
+        existingSecret = kubernetes_secret_v1.prefect_auth.metadata[0].name
+      }
       # Instead of the chart's `prefect worker start`: Prefect's Kubernetes worker plus the
       # gantry.worker.heartbeat count (one per successful poll) that the worker-not-polling
       # monitor watches (deployments/worker.py). Same pool and base job template, which the

@@ -22,3 +22,8 @@ output "worker_release" {
   description = "Helm release name and chart version of the Prefect worker."
   value       = { name = helm_release.worker.name, version = helm_release.worker.version }
 }
+
+output "auth_secret_name" {
+  description = "Kubernetes Secret (key auth-string) holding the Prefect API credential, user:password: the UI's login and PREFECT_API_AUTH_STRING."
+  value       = kubernetes_secret_v1.prefect_auth.metadata[0].name
+}

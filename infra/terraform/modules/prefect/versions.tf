@@ -11,6 +11,10 @@ terraform {
       version = "~> 2.36.0"
     }
     # Helm provider 3.x changed `set` blocks into list attributes; this module is written for 2.x.
+    random = {
+      source  = "hashicorp/random"
+      version = "3.7.2"
+    }
     helm = {
       source  = "hashicorp/helm"
       version = "~> 2.17.0"
