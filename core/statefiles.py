@@ -1,9 +1,10 @@
 """Secret files of the state folder: created 0600 in a 0700 folder, and checked at each start.
 
 Every secret Gantry generates for the local stack (the webhook secret, the Prefect API
-credential, signing keys) is one file directly in the state folder, written once by
-``secret_file`` and recognised later by its name: ``webhook-secret``, ``prefect-auth``, or any
-name ending in ``-secret``, ``-auth``, ``-key``, ``.key`` or ``.pem``. ``secure_state_folder``
+credential, signing keys) is one file in the state folder or one of its direct subfolders,
+written once by ``secret_file`` and recognised later by its name: ``webhook-secret``,
+``prefect-auth``, or any name ending in ``-secret``, ``-auth``, ``-key``, ``.key``, ``.pem`` or
+an SSH private key's ``_ed25519``, ``_ecdsa``, ``_rsa``. ``secure_state_folder``
 (run by ``gantry up``) tightens what Gantry created and refuses what it cannot tighten.
 """
 
@@ -20,7 +21,7 @@ from core.ports import StackError
 STATE_DIR_MODE = 0o700
 SECRET_FILE_MODE = 0o600
 # How a secret file is known in the state folder; a new kind of secret file takes one of these.
-SECRET_SUFFIXES = ("-secret", "-auth", "-key", ".key", ".pem")
+SECRET_SUFFIXES = ("-secret", "-auth", "-key", ".key", ".pem", "_ed25519", "_ecdsa", "_rsa")
 
 
 class SecretFileError(StackError):
@@ -97,12 +98,27 @@ def secure_state_folder(state_dir: Path) -> list[str]:
                 f"state folder {state_dir} is {mode} and not yours to change: others may list "
                 "it; move GANTRY_HOME to a folder only you can open"
             )
+    for path in _candidates(state_dir):
+        warning = _secure_secret_file(path)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def _candidates(state_dir: Path) -> list[Path]:
+    """Secret-named entries of the folder and of its direct subfolders (not followed links):
+    deeper lie the engine's and the registry's storage, large and holding no secret of ours."""
+    found = []
     for path in sorted(state_dir.iterdir()):
         if is_secret_file_name(path.name):
-            warning = _secure_secret_file(path)
-            if warning:
-                warnings.append(warning)
-    return warnings
+            found.append(path)
+        elif path.is_dir() and not path.is_symlink():
+            try:
+                inside = sorted(path.iterdir())
+            except PermissionError:  # e.g. storage a rootless engine owns under another uid
+                continue
+            found += [p for p in inside if is_secret_file_name(p.name)]
+    return found
 
 
 def _secure_secret_file(path: Path) -> str | None:

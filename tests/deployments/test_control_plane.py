@@ -183,7 +183,14 @@ def test_up_makes_what_gantry_created_private_again_with_a_warning(
     stack = Stack(StackSettings(home=home))
     stack.secure_state()
     (home / "signing.key").write_text("a key a later part keeps here\n")
-    modes = {"webhook-secret": 0o644, PREFECT_AUTH_FILE: 0o640, "signing.key": 0o604}
+    (home / "demo").mkdir()
+    (home / "demo" / "approver_ed25519").write_text("an SSH private key\n")
+    modes = {
+        "webhook-secret": 0o644,
+        PREFECT_AUTH_FILE: 0o640,
+        "signing.key": 0o604,
+        "demo/approver_ed25519": 0o644,
+    }
     for name, mode in modes.items():
         (home / name).chmod(mode)
     home.chmod(0o755)
@@ -192,7 +199,7 @@ def test_up_makes_what_gantry_created_private_again_with_a_warning(
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     for name in modes:
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
-    assert len(warnings) == 4 and all("changed to 0" in w for w in warnings)
+    assert len(warnings) == 5 and all("changed to 0" in w for w in warnings)
     # Nothing left to fix: a second check is silent.
     assert secure_state_folder(home) == []
 
