@@ -81,6 +81,7 @@ def _plan_environment_variables(tmp_path: Path, trusted: dict[str, str]) -> tupl
         "page_on_call": False,
         "gantry_image_tag": "1",
         "webhook_secret_arn": "arn:aws:secretsmanager:eu-west-1:000000000000:secret:w",
+        "webhook_repositories": ["acme/*"],
         "runbook_base_url": "https://example.invalid/runbooks",
         "notify_handles": [],
         "escalation_schedule_ids": [],

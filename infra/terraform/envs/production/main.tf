@@ -89,6 +89,7 @@ module "environment" {
   api_access_cidrs        = var.api_access_cidrs
   gantry_image_tag        = var.gantry_image_tag
   webhook_secret_arn      = var.webhook_secret_arn
+  webhook_repositories    = var.webhook_repositories
   runbook_base_url        = var.runbook_base_url
   notify_handles          = var.notify_handles
   escalation_schedule_ids = var.escalation_schedule_ids

@@ -69,3 +69,8 @@ variable "pagerduty_token" {
   description = "PagerDuty REST API token (TF_VAR_pagerduty_token); never written in a file."
   sensitive   = true
 }
+
+variable "webhook_repositories" {
+  type        = list(string)
+  description = "Repositories (owner/name) or organizations (owner/*) the receiver serves; [\"*\"] serves all."
+}

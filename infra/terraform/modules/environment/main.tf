@@ -63,6 +63,7 @@ module "prefect" {
   database_name           = module.database.database_name
   database_secret_arn     = module.database.master_user_secret_arn
   webhook_secret_arn      = var.webhook_secret_arn
+  webhook_repositories    = var.webhook_repositories
   gantry_image_repository = module.registry.repository_urls["gantry"]
   gantry_image_tag        = var.gantry_image_tag
   base_job_template_path  = "${path.module}/../../../k8s/work-pool/base-job-template.json"

@@ -108,3 +108,14 @@ variable "provenance_trusted_public_keys" {
     error_message = "Each trusted key is named <keyid>.pub (64 lowercase hex digits) and holds one PEM public key (-----BEGIN PUBLIC KEY-----), never a private key."
   }
 }
+
+variable "webhook_repositories" {
+  type        = list(string)
+  description = "Repositories (owner/name) or organizations (owner/*) whose deliveries the receiver serves; others are recorded as ignored and start nothing. [\"*\"] serves every repository, on purpose."
+  validation {
+    condition = length(var.webhook_repositories) > 0 && alltrue([
+      for entry in var.webhook_repositories : can(regex("^(\\*|[A-Za-z0-9_.-]+/(\\*|[A-Za-z0-9_.-]+))$", entry))
+    ])
+    error_message = "webhook_repositories lists owner/name, owner/* or *, at least one."
+  }
+}

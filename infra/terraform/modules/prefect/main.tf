@@ -186,6 +186,8 @@ resource "kubernetes_config_map_v1" "receiver" {
     DO_NOT_TRACK                     = "1"
     GANTRY_ENVIRONMENT               = var.environment
     DD_ENV                           = var.environment
+    # The receiver refuses to start without its allowlist: deliveries of others start nothing.
+    GANTRY_WEBHOOK_REPOSITORIES = join(",", var.webhook_repositories)
   }
 }
 

@@ -107,3 +107,14 @@ variable "provenance_trusted_public_keys" {
   default     = {}
   description = "PEM public keys trusted to have signed provenance, by file name (<keyid>.pub): one, or two while the signing key is rotated."
 }
+
+variable "webhook_repositories" {
+  type        = list(string)
+  description = "Repositories (owner/name) or organizations (owner/*) whose deliveries the receiver serves; others are recorded as ignored and start nothing. [\"*\"] serves every repository, on purpose."
+  validation {
+    condition = length(var.webhook_repositories) > 0 && alltrue([
+      for entry in var.webhook_repositories : can(regex("^(\\*|[A-Za-z0-9_.-]+/(\\*|[A-Za-z0-9_.-]+))$", entry))
+    ])
+    error_message = "webhook_repositories lists owner/name, owner/* or *, at least one."
+  }
+}
