@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import traceback
@@ -22,6 +23,18 @@ from urllib.parse import quote, quote_plus
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr
 
 MASK = "[redacted]"
+
+# Secrets Gantry's processes receive through their environment.
+ENVIRONMENT_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "GANTRY_PREFECT_AUTH_STRING",
+    "GANTRY_WEBHOOK_SECRET",
+    "GANTRY_GITHUB_TOKEN",
+    "SNYK_TOKEN",
+    "DD_API_KEY",
+    "DD_APP_KEY",
+    "GANTRY_PAGERDUTY_ROUTING_KEY",
+)
 
 # Shorter values would mask ordinary words and digits all over the logs.
 MIN_SECRET_LENGTH = 6
@@ -199,6 +212,12 @@ class RedactingFilter(logging.Filter):
     hold a secret that only appears after formatting. The exception is rendered to redacted
     ``exc_text`` and ``exc_info`` cleared, so no later formatter can render the raw traceback.
     """
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        # A flow-run process holds the stack's credentials only in its environment (the worker
+        # passes them on): every process that logs through this filter masks them from the start.
+        register_secrets(os.environ.get(variable) for variable in ENVIRONMENT_SECRETS)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _DONE, False):
