@@ -184,7 +184,7 @@ def demo(
 
 def main() -> None:
     from core.redact import register_secret
-    from deployments.cli import observe, release, webhooks
+    from deployments.cli import observe, release, supply, webhooks
 
     # A process started by the stack (the receiver) holds the Prefect API credential only in
     # its environment: masked in its logs from the start.
@@ -192,5 +192,6 @@ def main() -> None:
 
     release.register(app)
     observe.register(app)
+    supply.register(app)
     app.add_typer(webhooks.app, name="webhooks")
     app()

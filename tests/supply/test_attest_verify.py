@@ -8,13 +8,10 @@ stored in the same real registry.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib.metadata import distribution
@@ -265,24 +262,6 @@ def test_no_sbom_is_refused(pushed: Pushed) -> None:
     assert _refused_by(pushed.verify(digest)) == "sbom"
 
 
-# Until deployments/cli/main.py registers the supply commands, the same typer app is run with
-# them registered (the way main() will), in a process of its own like the executable.
-DRIVER = "from deployments.cli import main, supply; supply.register(main.app); main.main()"
-
-
-@functools.cache
-def _gantry_argv() -> tuple[str, ...]:
-    shown = subprocess.run([GANTRY, "--help"], capture_output=True, text=True, check=False)
-    return (GANTRY,) if re.search(r"\bverify\b", shown.stdout) else (sys.executable, "-c", DRIVER)
-
-
-@pytest.mark.xfail(
-    reason="deployments/cli/main.py registers deployments.cli.supply in phase 2", strict=False
-)
-def test_the_gantry_executable_has_the_supply_commands() -> None:
-    assert _gantry_argv() == (GANTRY,)
-
-
 def _gantry(pushed: Pushed, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     trusted = tmp_path / "trusted"
     trust(pushed.key.public_key, trusted)
@@ -290,7 +269,7 @@ def _gantry(pushed: Pushed, tmp_path: Path, *args: str) -> subprocess.CompletedP
     for name in ("GANTRY_REGISTRY_USERNAME", "GANTRY_REGISTRY_PASSWORD"):
         env.pop(name, None)
     return subprocess.run(
-        [*_gantry_argv(), *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        [GANTRY, *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
 
 
