@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
     LogFilterLevel,
+    LogFilterTimestamp,
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import LogSort
@@ -41,6 +43,7 @@ from flows.steps.checkout import SHA_RE
 
 Progress = Callable[[str], None]
 POLL_SECONDS = 0.5
+REFUSAL_LOG_WAIT = 10.0
 
 
 class RunError(RuntimeError):
@@ -272,19 +275,28 @@ async def answer_approval(
     return outcome.model_copy(update={"candidate": statement.candidate, "decision": decision})
 
 
-async def _refusal(client: PrefectClient, run_id: uuid.UUID) -> str:
-    """Why the flow refused the last answer, as its approval gate logged it."""
-    logs = await client.read_logs(
-        log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=30)
-        ),
-        sort=LogSort.TIMESTAMP_DESC,
-        limit=20,
-    )
-    for log in logs:
-        if log.message.startswith("answer refused"):
-            return log.message
-    return "answer refused"
+async def _refusal(client: PrefectClient, run_id: uuid.UUID, since: datetime) -> str:
+    """Why the flow refused the answer sent at ``since``, as its approval gate logged it.
+
+    Flow logs reach the API in batches, a second or two late: wait a little for the line.
+    """
+    deadline = time.monotonic() + REFUSAL_LOG_WAIT
+    while True:
+        logs = await client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[run_id]),
+                level=LogFilterLevel(ge_=30),
+                timestamp=LogFilterTimestamp(after_=since),
+            ),
+            sort=LogSort.TIMESTAMP_DESC,
+            limit=20,
+        )
+        for log in logs:
+            if log.message.startswith("answer refused"):
+                return log.message
+        if time.monotonic() > deadline:
+            return "answer refused (the run's log says why)"
+        await asyncio.sleep(POLL_SECONDS)
 
 
 async def submit_answer(
@@ -303,6 +315,7 @@ async def submit_answer(
         key = state.state_details.pause_key
         runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         tasks_before = len(await client.read_task_runs(flow_run_filter=runs_filter))
+        sent_at = datetime.now(UTC)
         try:
             await aresume_flow_run(run_id, run_input=answer)
         except Exception as exc:
@@ -314,7 +327,7 @@ async def submit_answer(
             state = flow_run.state
             assert state is not None
             if state.is_paused() and state.state_details.pause_key != key:
-                why = await _refusal(client, run_id)
+                why = await _refusal(client, run_id, sent_at)
                 return ApprovalOutcome(
                     flow_run_id=flow_run_id,
                     accepted=False,

@@ -256,6 +256,8 @@ def test_a_digest_that_never_passed_staging_is_refused(
         id="rc-forged",
         repository=str(service.repo.path),
         repository_slug=service.slug,
+        repository_name=service.name,
+        repository_full_name=service.name,
         commit_sha=merged.context.sha,
         images={"web": "127.0.0.1:1/evil/web@sha256:" + "0" * 64},
         # Claims a real merge run, but was not written by it.
