@@ -13,6 +13,7 @@ approval_timeout = 3600                  # seconds a release waits for an approv
 allow_self_approval = false              # may the commit's author approve it?
 allow_rollback_without_approval = false
 max_clock_skew = 600                     # seconds a signed statement's time may be off
+waive_failed_scan = false                # release an image whose signed scan verdict failed?
 ```
 """
 
@@ -53,6 +54,7 @@ class ReleasePolicy(BaseModel):
     allow_self_approval: bool = False
     allow_rollback_without_approval: bool = False
     max_clock_skew: int = Field(default=600, gt=0, le=24 * 3600)
+    waive_failed_scan: bool = False
 
     @field_validator("allowed_signers", mode="before")
     @classmethod
@@ -125,6 +127,7 @@ def render_policy(policy: ReleasePolicy) -> str:
         f"allow_self_approval = {str(policy.allow_self_approval).lower()}\n"
         f"allow_rollback_without_approval = {str(policy.allow_rollback_without_approval).lower()}\n"
         f"max_clock_skew = {policy.max_clock_skew}\n"
+        f"waive_failed_scan = {str(policy.waive_failed_scan).lower()}\n"
     )
 
 

@@ -1,4 +1,4 @@
-"""The merge pipeline: verify as for a PR, push by digest, deploy to staging, E2E, candidate."""
+"""The merge pipeline: verify as for a PR, push by digest, attest, deploy to staging, E2E."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from core.identity import RepositoryIdentity, identity_of
+from core.links import flow_run_url
 from flows.config import ConfigError, GantryConfig, load_config
 from flows.deploy.runtime import docker_host, registry_address
 from flows.deploy.stage import deploy_images, deploy_lock
@@ -27,8 +28,9 @@ from flows.steps.checkout import CheckoutError, checkout
 from flows.steps.e2e import run_against
 from flows.steps.images import push_images
 from flows.steps.source import SourceError, run_source, stale_push
+from flows.supply.stage import attest_images, scan_verdict
 
-AFTER_VERIFY = ("push", "deploy-staging", "e2e")
+AFTER_VERIFY = ("push", "attest", "deploy-staging", "e2e")
 
 
 def not_reached(names: tuple[str, ...], why: str) -> list[StageResult]:
@@ -106,6 +108,13 @@ async def _deliver(
         return [push, *not_reached(AFTER_VERIFY[1:], "push failed")], {}
     images = {name: entry["pinned"] for name, entry in push.data.get("images", {}).items()}
     data: dict[str, Any] = {"images": images}
+    attest = await _attest(context, identity, images, verified, observers)
+    data["attestations"] = attest.data.get("attestations", {})
+    if attest.status != StageStatus.PASSED:
+        # An image nobody can verify must never reach staging, let alone be a candidate.
+        data["release_candidate"] = None
+        data["not_a_candidate"] = "attestation failed"
+        return [push, attest, *not_reached(AFTER_VERIFY[2:], "attestation failed")], data
     request = DeployRequest(
         repository_slug=slug,
         environment="staging",
@@ -127,7 +136,7 @@ async def _deliver(
             github_deployment, deploy.ok, str(deploy.data.get("url") or ""), "staging"
         )
         if deploy.status != StageStatus.PASSED:
-            return [push, deploy, *not_reached(("e2e",), "staging deploy failed")], data
+            return [push, attest, deploy, *not_reached(("e2e",), "staging deploy failed")], data
         url = str(deploy.data.get("url") or "")
         data["staging_url"] = url
         e2e = await run_stage(
@@ -161,7 +170,35 @@ async def _deliver(
         why = e2e.detail or "E2E did not pass"
         data["release_candidate"] = None
         data["not_a_candidate"] = why
-    return [push, deploy, e2e], data
+    return [push, attest, deploy, e2e], data
+
+
+async def _attest(
+    context: RunContext,
+    identity: RepositoryIdentity,
+    images: dict[str, str],
+    verified: list[StageResult],
+    observers: Observers,
+) -> StageResult:
+    """The SBOM and signed provenance of each pushed digest, attached in the registry."""
+    run_id = str(flow_run.get_id() or "")
+    verdict, counts = scan_verdict(verified)
+    return await run_stage(
+        "attest",
+        attest_images.with_options(task_run_name="attest")(
+            images,
+            registry_address(),
+            identity.full_name,
+            identity.id,
+            context.sha,
+            run_id,
+            flow_run_url(run_id),
+            verdict,
+            counts,
+            return_state=True,
+        ),
+        observers.stages,
+    )
 
 
 @flow(
@@ -179,7 +216,7 @@ async def merge_pipeline(
     received_at: datetime | None = None,
     repository_id: int | None = None,
 ) -> State[PipelineSummary]:
-    """Verify, then push by digest, deploy to staging and run E2E; a pass records a candidate.
+    """Verify, push by digest, attest, deploy to staging, run E2E; a pass records a candidate.
 
     Webhooks name the repository by ``repository_name`` and ``repository_id`` only (``repository``
     None): it is cloned from the worker's Git host, and a commit that is no longer the head of

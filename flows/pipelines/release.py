@@ -19,7 +19,7 @@ from core.identity import identity_of, repository_slug
 from core.links import flow_run_url
 from core.release_policy import PolicyError, load_release_policy
 from flows.config import ConfigError, load_config
-from flows.deploy.runtime import deploy_target
+from flows.deploy.runtime import deploy_target, registry_address
 from flows.deploy.stage import deploy_images, deploy_lock
 from flows.deploy.targets import DeployRequest
 from flows.logs import step_logger
@@ -43,6 +43,8 @@ from flows.records.store import (
 from flows.results import RunContext, StageResult, StageStatus
 from flows.steps.checkout import CheckoutError, checkout
 from flows.steps.e2e import run_against
+from flows.supply.stage import verify_provenance
+from flows.supply.verify import Expected
 
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
@@ -165,6 +167,45 @@ async def release_pipeline(
             name="approval", status=StageStatus.FAILED, detail=f"refused: {exc}; nothing deployed"
         )
         return await finish(context, [failed], started)
+    # The candidate record is only an index: the registry's signed statements decide.
+    provenance = await run_stage(
+        "provenance",
+        verify_provenance.with_options(task_run_name="provenance")(
+            candidate.images,
+            registry_address(),
+            Expected(
+                commit=candidate.commit_sha,
+                repository=identity.full_name,
+                repository_id=identity.id,
+            ),
+            policy.waive_failed_scan,
+            return_state=True,
+        ),
+    )
+    if provenance.status != StageStatus.PASSED:
+        detail = f"refused before the approval gate: {provenance.detail}; nothing deployed"
+        logger.error("%s", detail)
+        refusal = ReleaseRecord(
+            id=f"rel-{uuid.uuid4().hex[:10]}",
+            repository_slug=slug,
+            candidate_id=candidate.id,
+            commit_sha=candidate.commit_sha,
+            images=candidate.images,
+            triggered_by=triggered_by,
+            outcome="failed",
+            detail=detail,
+            flow_run_id=str(flow_run.get_id() or ""),
+            started_at=started_at,
+            commit_time=candidate.commit_time,
+        )
+        await record_release(refusal)
+        stage = provenance.model_copy(update={"detail": detail})
+        data: dict[str, Any] = {
+            "candidate": candidate.id,
+            "images": candidate.images,
+            "release": refusal.id,
+        }
+        return await finish(context, [stage], started, data)
     skip_approval = rollback and policy.allow_rollback_without_approval
     metrics = await load_metrics()
     asked = time.monotonic()
@@ -199,9 +240,9 @@ async def release_pipeline(
         outcome: Outcome = "rejected" if gate.outcome == "rejected" else "timed_out"
         why = approval.detail
         await record_release(ReleaseRecord(**base, outcome=outcome, detail=why))
-        data: dict[str, Any] = {"candidate": candidate.id, "images": candidate.images}
+        data = {"candidate": candidate.id, "images": candidate.images}
         return await finish_cancelled(
-            context, [approval], started, f"{why}; nothing deployed", data
+            context, [provenance, approval], started, f"{why}; nothing deployed", data
         )
 
     async with pipeline_observers(context) as observers:
@@ -217,7 +258,7 @@ async def release_pipeline(
     # UI routes, and it answers "None/..." when no UI address is set.
     await announce_release(record, flow_run_url(flow_run.get_id()))
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
-    return await finish(context, [approval, *stages], started, data)
+    return await finish(context, [provenance, approval, *stages], started, data)
 
 
 async def _approval_stage(

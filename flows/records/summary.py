@@ -26,7 +26,7 @@ STATUS_ICONS = {"passed": "✅", "cached": "♻️", "failed": "❌", "skipped":
 SEVERITIES = tuple(sorted(SEVERITY_ORDER, key=lambda s: SEVERITY_ORDER[s], reverse=True))
 DEPLOY_URLS = {"staging_url": "staging", "production_url": "production"}
 # Data keys with a section of their own; any other key is listed as it is.
-_SHOWN = {"images", *DEPLOY_URLS}
+_SHOWN = {"images", "attestations", *DEPLOY_URLS}
 # Only a plain http(s) URL becomes a link: anything else could break out of the markdown.
 _LINKABLE = re.compile(r"https?://[^\s<>()\[\]`]+")
 
@@ -132,6 +132,23 @@ def image_lines(stages: list[StageResult], data: Mapping[str, Any]) -> list[str]
     return [f"- {code_span(name)} → {ref}" for name, ref in sorted(shown.items())]
 
 
+def attestation_lines(data: Mapping[str, Any]) -> list[str]:
+    """Where each image's SBOM and signed provenance are: cosign's references, one per line."""
+    attested = data.get("attestations")
+    if not isinstance(attested, Mapping):
+        return []
+    lines = []
+    labels = (("sbom", "SBOM"), ("provenance", "signed provenance"))
+    for name, refs in sorted(attested.items()):
+        if isinstance(refs, Mapping):
+            lines += [
+                f"- {code_span(str(name))} {label}: {code_span(str(refs[key]))}"
+                for key, label in labels
+                if refs.get(key)
+            ]
+    return lines
+
+
 def url_lines(data: Mapping[str, Any]) -> list[str]:
     return [
         f"- {environment}: {_link(str(data[key]))}"
@@ -155,7 +172,7 @@ def render_markdown(
     data: Mapping[str, Any],
     previous: PreviousRun | None = None,
 ) -> str:
-    """The report: stages, scan findings, images, deploy URLs, then the other facts."""
+    """The report: stages, scan findings, images, attestations, deploy URLs, then the rest."""
     lines = [f"## {pipeline} pipeline: {seconds:.1f} s", ""]
     if previous is not None:
         lines += [previous_line(previous), ""]
@@ -170,6 +187,9 @@ def render_markdown(
     images = image_lines(stages, data)
     if images:
         lines += ["", "### Images", *images]
+    attestations = attestation_lines(data)
+    if attestations:
+        lines += ["", "### Attestations", *attestations]
     urls = url_lines(data)
     if urls:
         lines += ["", "### Deployed", *urls]

@@ -18,6 +18,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "urn:gantry:buildtype:merge-pipeline:v1"
 SCAN_PASSED = "passed"
+SCAN_SKIPPED = "skipped"  # the merge ran no scan: none configured
 
 
 class StatementError(ValueError):

@@ -3,8 +3,9 @@
 ``verify_release`` fetches the provenance and the SBOM attached to the digest and checks, in
 order of trust: that provenance is attached, that a trusted key signed it (nothing in the
 payload is read before that), that its subject is this digest, that it was built from the
-expected repository and commit, that the scan passed (unless the caller's policy waives it),
-and that the SBOM is attached, describes this digest and is the one the provenance signed.
+expected repository and commit, that the scan passed or was not run (a failed one only when
+the caller's policy waives it), and that the SBOM is attached, describes this digest and is the
+one the provenance signed.
 Every check is reported; a refusal names the first that failed.
 """
 
@@ -25,6 +26,7 @@ from flows.supply.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, EnvelopeError
 from flows.supply.keys import TrustedKeys
 from flows.supply.provenance import (
     SCAN_PASSED,
+    SCAN_SKIPPED,
     SLSA_PROVENANCE_V1,
     Provenance,
     StatementError,
@@ -158,7 +160,9 @@ def _claims(
         )
     else:
         checks.append(Check("commit", True, f"built from {provenance.commit}; none expected"))
-    passed = provenance.scan_verdict == SCAN_PASSED
+    # "skipped": the merge ran no scan (none configured, no manifests): its own gate let it
+    # through, so it is not a failed scan; the detail says so. Anything else must be "passed".
+    passed = provenance.scan_verdict in (SCAN_PASSED, SCAN_SKIPPED)
     checks.append(
         Check(
             "scan",

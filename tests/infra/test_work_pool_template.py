@@ -108,3 +108,36 @@ def test_a_value_outside_the_schema_is_rejected() -> None:
         jsonschema.Draft7Validator(template()["variables"]).validate(
             {"image_pull_policy": "Sometimes"}
         )
+
+
+def test_flow_runs_mount_the_provenance_signing_key_and_trusted_keys_read_only() -> None:
+    job = _filled_job({"image": "registry.example/gantry@sha256:" + "a" * 64, "name": "run-1"})
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    signing, trusted = mounts["provenance-signing-key"], mounts["provenance-trusted-keys"]
+    assert signing == {
+        "name": "provenance-signing-key",
+        "mountPath": "/etc/gantry/provenance-signing",
+        "readOnly": True,
+    }
+    assert trusted["mountPath"] == "/etc/gantry/provenance-trusted-keys" and trusted["readOnly"]
+    # The private key: read-only, and for the flow run's own user and group (the pod's fsGroup)
+    # only, never for others.
+    assert volumes["provenance-signing-key"]["secret"] == {
+        "secretName": "gantry-provenance-signing-key",
+        "optional": True,
+        "defaultMode": 0o440,
+    }
+    assert volumes["provenance-trusted-keys"]["configMap"] == {
+        "name": "gantry-provenance-trusted-keys",
+        "optional": True,
+        "defaultMode": 0o444,
+    }
+    assert env["GANTRY_SUPPLY_SIGNING_KEY"] == (
+        "/etc/gantry/provenance-signing/provenance-signing.pem"
+    )
+    assert env["GANTRY_SUPPLY_TRUSTED_KEYS"] == "/etc/gantry/provenance-trusted-keys"
