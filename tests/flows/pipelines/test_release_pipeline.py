@@ -158,11 +158,13 @@ def test_an_approved_release_reaches_production_with_the_candidates_digests(
     assert run.state is not None and run.state.is_completed(), run.state
     url = production_url(run)
     assert served(url) == "v1"
-    # The run's summary starts with the gate: who approved, and how long it waited.
+    # The run's summary starts with the registry's signed provenance of the candidate's digests,
+    # verified before the gate; then the gate: who approved, and how long it waited.
     rows = summary_rows(str(run.id))
-    assert (rows[0]["stage"], rows[0]["status"]) == ("approval", "passed")
-    assert rows[0]["detail"] == "approved by alice@example.invalid"
-    assert [row["stage"] for row in rows[1:3]] == ["deploy-production", "smoke"]
+    assert (rows[0]["stage"], rows[0]["status"]) == ("provenance", "passed")
+    assert (rows[1]["stage"], rows[1]["status"]) == ("approval", "passed")
+    assert rows[1]["detail"] == "approved by alice@example.invalid"
+    assert [row["stage"] for row in rows[2:4]] == ["deploy-production", "smoke"]
     # The pull request's repository shows the release as a GitHub production deployment.
     [(deployment, statuses)] = production_deployments(session_github, service)
     assert deployment["production_environment"] is True
@@ -189,8 +191,9 @@ def test_a_rejection_deploys_nothing_and_is_recorded(
     assert "rejected by alice@example.invalid: not during the freeze" in (run.state.message or "")
     record = service.releases()[0]
     assert (record.outcome, record.approved_by) == ("rejected", "alice@example.invalid")
-    # The run still has its summary: the gate, cancelled, and why.
-    [row] = summary_rows(run_id)
+    # The run still has its summary: the verified provenance, the gate cancelled, and why.
+    verified, row = summary_rows(run_id)
+    assert (verified["stage"], verified["status"]) == ("provenance", "passed")
     assert (row["stage"], row["status"]) == ("approval", "cancelled")
     assert "rejected by alice@example.invalid" in row["detail"]
     assert production_deployments(session_github, service) == []
@@ -320,7 +323,7 @@ def test_gantry_rollback_puts_the_previous_release_back_in_production(
     assert result.returncode == 0, result.stdout + result.stderr
     outcome = as_json(result)
     assert outcome["pipeline"] == "release" and outcome["passed"]
-    gate = outcome["stages"][0]
+    gate = outcome["stages"][1]
     assert (gate["name"], gate["status"]) == ("approval", "skipped"), "the policy allows it"
     assert served(url) == "v1"
     restored = service.releases()[0]
