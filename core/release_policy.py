@@ -14,6 +14,7 @@ allow_self_approval = false              # may the commit's author approve it?
 allow_rollback_without_approval = false
 max_clock_skew = 600                     # seconds a signed statement's time may be off
 waive_failed_scan = false                # release an image whose signed scan verdict failed?
+allow_unscanned = false                  # release an image no scan examined (no scanner set up)?
 ```
 """
 
@@ -55,6 +56,8 @@ class ReleasePolicy(BaseModel):
     allow_rollback_without_approval: bool = False
     max_clock_skew: int = Field(default=600, gt=0, le=24 * 3600)
     waive_failed_scan: bool = False
+    # A skipped scan is not a passed one: only a stack with no scanner on purpose allows it.
+    allow_unscanned: bool = False
 
     @field_validator("allowed_signers", mode="before")
     @classmethod
@@ -128,6 +131,7 @@ def render_policy(policy: ReleasePolicy) -> str:
         f"allow_rollback_without_approval = {str(policy.allow_rollback_without_approval).lower()}\n"
         f"max_clock_skew = {policy.max_clock_skew}\n"
         f"waive_failed_scan = {str(policy.waive_failed_scan).lower()}\n"
+        f"allow_unscanned = {str(policy.allow_unscanned).lower()}\n"
     )
 
 

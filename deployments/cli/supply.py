@@ -49,6 +49,12 @@ def verify(
         str | None, typer.Option("--repo", help="Expected repository full name (owner/name).")
     ] = None,
     sha: Annotated[str | None, typer.Option("--sha", help="Expected commit SHA.")] = None,
+    allow_unscanned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unscanned", help="Accept a skipped scan (as a policy with allow_unscanned)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Check an image digest's signed provenance and SBOM; exit 1 when a check fails."""
@@ -67,6 +73,7 @@ def verify(
         Expected(commit=sha, repository=repo, repository_id=repo_id),
         registry=registry,
         trusted=trusted,
+        allow_unscanned=allow_unscanned,
     )
     failed = result.first_failure
     if as_json:

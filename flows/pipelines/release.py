@@ -179,6 +179,7 @@ async def release_pipeline(
                 repository_id=identity.id,
             ),
             policy.waive_failed_scan,
+            policy.allow_unscanned,
             return_state=True,
         ),
     )

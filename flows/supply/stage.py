@@ -149,6 +149,7 @@ def _verify_all(
     client: RegistryClient,
     expected: Expected,
     waive_scan: bool,
+    allow_unscanned: bool,
 ) -> list[tuple[str, Verification]]:
     trusted = TrustedKeys.configured()
     found = []
@@ -158,7 +159,13 @@ def _verify_all(
             found.append((name, _outside(pinned, client)))
             continue
         result = verify_release(
-            image, digest, expected, registry=client, trusted=trusted, waive_scan=waive_scan
+            image,
+            digest,
+            expected,
+            registry=client,
+            trusted=trusted,
+            waive_scan=waive_scan,
+            allow_unscanned=allow_unscanned,
         )
         found.append((name, result))
     return found
@@ -170,6 +177,7 @@ async def verify_provenance(
     registry: str,
     expected: Expected,
     waive_scan: bool = False,
+    allow_unscanned: bool = False,
 ) -> State[StageResult]:
     """Every candidate digest checked against the registry's signed provenance and SBOM.
 
@@ -179,7 +187,9 @@ async def verify_provenance(
     started = time.monotonic()
     client = await _registry(registry)
     try:
-        results = await asyncio.to_thread(_verify_all, images, client, expected, waive_scan)
+        results = await asyncio.to_thread(
+            _verify_all, images, client, expected, waive_scan, allow_unscanned
+        )
     except SupplyKeyError as exc:
         return stage_state(
             StageResult(name="provenance", status=StageStatus.FAILED, detail=str(exc))

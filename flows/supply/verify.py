@@ -119,7 +119,11 @@ def _signed_statements(
 
 
 def _claims(
-    provenance: Provenance, digest: str, expected: Expected, waive_scan: bool
+    provenance: Provenance,
+    digest: str,
+    expected: Expected,
+    waive_scan: bool,
+    allow_unscanned: bool,
 ) -> list[Check]:
     subjects = ", ".join(f"{name}@{d}" for name, d in provenance.subjects) or "none"
     checks = [
@@ -160,16 +164,18 @@ def _claims(
         )
     else:
         checks.append(Check("commit", True, f"built from {provenance.commit}; none expected"))
-    # "skipped": the merge ran no scan (none configured, no manifests): its own gate let it
-    # through, so it is not a failed scan; the detail says so. Anything else must be "passed".
-    passed = provenance.scan_verdict in (SCAN_PASSED, SCAN_SKIPPED)
-    checks.append(
-        Check(
-            "scan",
-            passed or waive_scan,
-            f"scan {provenance.scan_verdict}" + ("" if passed or not waive_scan else ", waived"),
-        )
-    )
+    # A skipped scan (none configured) is never taken for a passed one: it goes through only
+    # where the policy says unscanned images may (a stack with no scanner, like the demo's),
+    # and a failed one only where the policy waives failures.
+    verdict = provenance.scan_verdict
+    if verdict == SCAN_PASSED:
+        checks.append(Check("scan", True, "scan passed"))
+    elif verdict == SCAN_SKIPPED:
+        allowed = ", allowed by the policy (allow_unscanned)" if allow_unscanned else ""
+        checks.append(Check("scan", allow_unscanned, f"scan skipped: no scan examined it{allowed}"))
+    else:
+        waived = ", waived by the policy (waive_failed_scan)" if waive_scan else ""
+        checks.append(Check("scan", waive_scan, f"scan {verdict}{waived}"))
     return checks
 
 
@@ -210,6 +216,7 @@ def verify_release(
     registry: RegistryClient,
     trusted: TrustedKeys,
     waive_scan: bool = False,
+    allow_unscanned: bool = False,
 ) -> Verification:
     """Every supply-chain check of ``image@digest`` (``image`` is ``HOST/PATH``)."""
     prefix = f"{registry.address}/"
@@ -248,7 +255,11 @@ def verify_release(
                     candidate = (keyid, None, [Check("subject", False, str(exc))])
                     candidate[2].extend(_not_checked(claims[1:], "unreadable statement"))
                 else:
-                    candidate = (keyid, statement, _claims(statement, digest, expected, waive_scan))
+                    candidate = (
+                        keyid,
+                        statement,
+                        _claims(statement, digest, expected, waive_scan, allow_unscanned),
+                    )
                 if best is None or (
                     all(c.ok for c in candidate[2]) and not all(c.ok for c in best[2])
                 ):

@@ -96,6 +96,7 @@ class Pushed:
         expected: Expected | None = None,
         trusted: TrustedKeys | None = None,
         waive_scan: bool = False,
+        allow_unscanned: bool = False,
     ) -> Verification:
         return verify_release(
             self.image,
@@ -104,6 +105,7 @@ class Pushed:
             registry=self.registry,
             trusted=trusted or TrustedKeys.of(self.key.public_key),
             waive_scan=waive_scan,
+            allow_unscanned=allow_unscanned,
         )
 
 
@@ -246,6 +248,17 @@ def test_a_failed_scan_is_refused_unless_the_policy_waives_it(pushed: Pushed) ->
     assert _refused_by(pushed.verify(digest)) == "scan"
     waived = pushed.verify(digest, waive_scan=True)
     assert waived.ok and "waived" in waived.checks[5].detail
+    # Allowing unscanned images does not waive a failed scan.
+    assert _refused_by(pushed.verify(digest, allow_unscanned=True)) == "scan"
+
+
+def test_a_skipped_scan_is_not_a_passed_one(pushed: Pushed) -> None:
+    digest = pushed.variant("skipped-scan")
+    attest_image(pushed.facts(digest, scan_verdict="skipped"), pushed.registry, key=pushed.key)
+    assert _refused_by(pushed.verify(digest)) == "scan"
+    assert _refused_by(pushed.verify(digest, waive_scan=True)) == "scan"
+    allowed = pushed.verify(digest, allow_unscanned=True)
+    assert allowed.ok and "allow_unscanned" in allowed.checks[5].detail
 
 
 def test_no_sbom_is_refused(pushed: Pushed) -> None:
