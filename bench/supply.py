@@ -72,10 +72,13 @@ def fresh_digest(registry: RegistryClient, repository: str, digest: str, label: 
     Each merge attests a digest nothing is attached to yet; a fresh one per round keeps later
     rounds from reading and rewriting the attachments of earlier ones.
     """
-    manifest = json.loads(registry.get_manifest(repository, digest).content)
+    fetched = registry.get_manifest(repository, digest)
+    manifest = json.loads(fetched.content)
     manifest.setdefault("annotations", {})["org.gantry.bench.round"] = label
     content = json.dumps(manifest).encode()
-    return registry.put_manifest(repository, f"bench-{label}", content, manifest["mediaType"])
+    # An OCI manifest may leave out its mediaType: the registry's Content-Type then says it.
+    media_type = manifest.get("mediaType") or fetched.media_type
+    return registry.put_manifest(repository, f"bench-{label}", content, media_type)
 
 
 def supply_cost(

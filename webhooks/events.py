@@ -46,9 +46,8 @@ Pipeline = Literal["pr", "merge", "release"]
 
 # SHA-1 object names, or SHA-256 ones for repositories that use them.
 Sha = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")]
-RepoName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
-]
+REPO_NAME = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$"
+RepoName = Annotated[str, StringConstraints(pattern=REPO_NAME)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
 M = TypeVar("M", bound=BaseModel)
@@ -170,8 +169,9 @@ def _not_served(
     """Why a delivery of a repository off the allowlist starts nothing (None: it is on it)."""
     repository = payload.get("repository")
     name = repository.get("full_name") if isinstance(repository, dict) else None
-    if not isinstance(name, str):
-        return None  # the event's own parsing refuses the payload
+    if not isinstance(name, str) or not re.fullmatch(REPO_NAME, name):
+        # A malformed name is a payload error, whoever it names: the event's parsing says so.
+        return None
     if repositories is not None and repositories.allows(name):
         return None
     return Ignored(

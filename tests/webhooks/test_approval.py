@@ -222,7 +222,7 @@ async def test_the_receiver_records_a_first_timers_pr_as_waiting_and_a_members_a
 
 @pytest.fixture
 def deployed(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
-    with prefect_api(prefect_server.settings.prefect_api_url):
+    with prefect_api(prefect_server.settings):
         asyncio.run(register_deployments())
         yield prefect_server
 

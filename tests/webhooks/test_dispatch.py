@@ -44,7 +44,7 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
     # Module-scoped: set up before the per-test Prefect settings, so name the server.
-    with prefect_api(prefect_server.settings.prefect_api_url):
+    with prefect_api(prefect_server.settings):
         asyncio.run(register_deployments())
     return prefect_server
 

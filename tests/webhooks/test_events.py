@@ -120,6 +120,7 @@ def test_a_published_release_starts_the_release_pipeline() -> None:
     assert request.deployment == RELEASE_DEPLOYMENT
     assert request.parameters == {
         "repository_name": "acme/api",
+        "repository_id": payloads.release()["repository"]["id"],
         "candidate_id": None,
         "tag": "v1.2.3",
         "triggered_by": "github:releaser",
