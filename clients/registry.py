@@ -111,28 +111,13 @@ class RegistryClient:
 
     def manifest_digest(self, repository: str, tag: str) -> str:
         """The digest the registry serves for ``repository:tag``."""
-        url = f"{self.base_url}/v2/{repository}/manifests/{tag}"
-        try:
-            response = httpx.head(
-                url, headers={"Accept": MANIFEST_TYPES}, auth=self._auth, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(
-                f"registry {self.address} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
-        status = response.status_code
-        if status in (401, 403):
-            raise RegistryAuthError(
-                f"registry {self.address} refused access to {repository} ({status})"
-            )
-        if status == 404:
-            raise ManifestNotFound(f"registry {self.address} has no {repository}:{tag}")
-        if status >= 500:
-            raise RegistryUnavailable(f"registry {self.address} answered {status}")
-        if status != 200:
-            raise RegistryClientError(
-                f"registry {self.address} answered {status} for {repository}:{tag}"
-            )
+        # Not retried here: the push that asks this has its own retries around it.
+        response = self._once(
+            "HEAD",
+            f"{self.base_url}/v2/{repository}/manifests/{tag}",
+            what=f"{repository}:{tag}",
+            headers={"Accept": MANIFEST_TYPES},
+        )
         digest = str(response.headers.get("Docker-Content-Digest", ""))
         if not digest.startswith("sha256:"):
             raise RegistryClientError(
@@ -142,6 +127,46 @@ class RegistryClient:
 
     # Writing and reading artifacts. Every call is retried within ``self.policy`` while the
     # registry is unreachable or answers 5xx; a refusal or a missing object is final.
+
+    def _once(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        missing: type[RegistryClientError] = ManifestNotFound,
+    ) -> httpx.Response:
+        """One request, its failures mapped to this client's errors (5xx: unavailable)."""
+        try:
+            # Redirects are followed (blobs may live in object storage); httpx drops the
+            # Authorization header when a redirect leaves the registry's origin.
+            response = httpx.request(
+                method,
+                url,
+                headers=headers,
+                content=content,
+                auth=self._auth,
+                timeout=self._timeout,
+                follow_redirects=True,
+            )
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(
+                f"registry {self.address} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        status = response.status_code
+        if status in (401, 403):
+            raise RegistryAuthError(f"registry {self.address} refused access to {what} ({status})")
+        if status == 404:
+            raise missing(f"registry {self.address} has no {what}")
+        if status >= 500:
+            raise RegistryUnavailable(f"registry {self.address} answered {status} for {what}")
+        if status >= 300:
+            raise RegistryClientError(
+                f"registry {self.address} answered {status} for {what}: {response.text[:200]}"
+            )
+        return response
 
     def _send(
         self,
@@ -154,36 +179,9 @@ class RegistryClient:
         missing: type[RegistryClientError] = ManifestNotFound,
     ) -> httpx.Response:
         def once() -> httpx.Response:
-            try:
-                # Redirects are followed (blobs may live in object storage); httpx drops the
-                # Authorization header when a redirect leaves the registry's origin.
-                response = httpx.request(
-                    method,
-                    url,
-                    headers=headers,
-                    content=content,
-                    auth=self._auth,
-                    timeout=self._timeout,
-                    follow_redirects=True,
-                )
-            except httpx.HTTPError as exc:
-                raise RegistryUnavailable(
-                    f"registry {self.address} unreachable: {type(exc).__name__}: {exc}"
-                ) from exc
-            status = response.status_code
-            if status in (401, 403):
-                raise RegistryAuthError(
-                    f"registry {self.address} refused access to {what} ({status})"
-                )
-            if status == 404:
-                raise missing(f"registry {self.address} has no {what}")
-            if status >= 500:
-                raise RegistryUnavailable(f"registry {self.address} answered {status} for {what}")
-            if status >= 300:
-                raise RegistryClientError(
-                    f"registry {self.address} answered {status} for {what}: {response.text[:200]}"
-                )
-            return response
+            return self._once(
+                method, url, what=what, headers=headers, content=content, missing=missing
+            )
 
         return retry_call(
             once,
