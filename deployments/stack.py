@@ -21,7 +21,6 @@ from deployments.engine import ContainerEngine
 from deployments.engine_registry import Registry
 from deployments.prefect_server import PrefectServer, base_env, venv_bin
 from deployments.processes import ManagedProcess
-from flows.steps.sandbox.select import reap_stack_leftovers
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 Progress = Callable[[str], None]
@@ -161,6 +160,9 @@ class Stack:
         if not self.worker.running():
             # With no worker, no run of this stack is in flight: what sandboxes it still has
             # were left by a crashed worker, and are removed before a new one starts.
+            # Imported here: it loads Prefect, which `gantry status` must not pay for.
+            from flows.steps.sandbox.select import reap_stack_leftovers
+
             reaped = asyncio.run(reap_stack_leftovers(self.settings))
             if reaped:
                 progress(f"removed {len(reaped)} leftover sandboxes: {', '.join(reaped)}")
