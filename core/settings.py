@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
 from pathlib import Path
 
@@ -30,6 +31,27 @@ PREFECT_AUTH_USER = "gantry"
 MIN_AUTH_PASSWORD = 16
 
 
+# The state folder's name in a project folder; `gantry` finds it from any folder below.
+STATE_FOLDER = ".gantry"
+
+
+def default_home() -> Path:
+    """The state folder when GANTRY_HOME is not set.
+
+    The nearest ``.gantry`` folder in the working directory or above it (as git finds ``.git``),
+    so every command of a project reaches the same stack from any of its folders; else a
+    per-user folder (``$XDG_STATE_HOME/gantry``, default ``~/.local/state/gantry``).
+    """
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / STATE_FOLDER).is_dir():
+            return folder / STATE_FOLDER
+    # The XDG spec says relative values are invalid and must be ignored.
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "gantry"
+
+
 def generate_auth_string() -> str:
     """A new ``user:password`` for the Prefect API, in the form its UI login accepts."""
     return f"{PREFECT_AUTH_USER}:{secrets.token_urlsafe(32)}"
@@ -43,7 +65,7 @@ class StackSettings(BaseSettings):
         env_prefix="GANTRY_", extra="ignore", hide_input_in_errors=True
     )
 
-    home: Path = Field(default=Path(".gantry"), description="state folder")
+    home: Path = Field(default_factory=default_home, description="state folder")
     host: str = "127.0.0.1"
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     webhook_port: int = Field(default=8787, ge=1, le=65535)
