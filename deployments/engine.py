@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from core.mounts import unmount_under
 from core.ports import StackError, wait_until
 from core.settings import StackSettings
+from deployments import engine_leftovers
 from deployments.engine_registry import Registry, RegistryError
 from deployments.processes import ManagedProcess
 
@@ -211,12 +215,91 @@ class ContainerEngine:
                 shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
 
+    # -- containers, through the podman command: it works whether the service runs or not ----
+    def _cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self._podman(*args),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def has_storage(self) -> bool:
+        return (self.root / "libpod").is_dir() and self.containers_conf_path.exists()
+
+    def containers(self, label: str, running: bool = True) -> list[dict[str, Any]]:
+        """Containers carrying ``label`` (``key`` or ``key=value``): Podman's ``ps`` JSON."""
+        if not self.has_storage():
+            return []
+        args = ["ps", "--format", "json", "--filter", f"label={label}"]
+        result = self._cli(*args) if running else self._cli(*args, "--all")
+        if result.returncode != 0:
+            raise EngineError(f"listing containers failed: {result.stderr.strip()[-500:]}")
+        parsed: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+        return parsed
+
+    def _each(self, verb: Sequence[str], ids: Collection[str]) -> None:
+        if not ids:
+            return
+        result = self._cli(*verb, *ids)
+        if result.returncode != 0:
+            raise EngineError(f"podman {verb[0]} failed: {result.stderr.strip()[-500:]}")
+
+    def stop_containers(self, ids: Collection[str], timeout: int = 10) -> None:
+        """Stop through Podman, so that each container's cleanup takes its network down."""
+        self._each(["stop", "--time", str(timeout)], ids)
+
+    def start_containers(self, ids: Collection[str]) -> None:
+        self._each(["start"], ids)
+
+    def remove_containers(self, ids: Collection[str]) -> None:
+        self._each(["rm", "--force", "--time", "10"], ids)
+
+    def reap_leftovers(self, needed_ports: Collection[int] = ()) -> list[str]:
+        """Remove what other (crashed or removed) Gantry engines left running; what was removed.
+
+        Reaped: containers whose engine's database is gone (their stack's folder was removed),
+        containers of a stopped engine that hold one of ``needed_ports``, and the port
+        forwarding of containers killed without their cleanup. A stack whose engine serves
+        is live: its containers are never touched. Call it before this engine starts: a folder
+        removed and made anew has the same runtime folder as before.
+        """
+        removed: list[str] = []
+        gone: list[engine_leftovers.EngineContainer] = []
+        wanted = set(needed_ports)
+        for container in engine_leftovers.gantry_containers():
+            what = container.describe()
+            if container.orphaned():
+                errors = engine_leftovers.remove_orphan(container)
+                gone.append(container)
+            elif (
+                container.root != self.root
+                and wanted & container.host_ports()
+                and not engine_leftovers.engine_serving(container.root)
+            ):
+                other = ContainerEngine(container.engine_dir, insecure_registries=[])
+                try:
+                    other.remove_containers([container.container_id])
+                    errors = []
+                except EngineError as exc:
+                    errors = [str(exc)]
+            else:
+                continue
+            removed.append(what + (f" (not all undone: {'; '.join(errors)})" if errors else ""))
+        live = engine_leftovers.running_container_ids()
+        leaks = engine_leftovers.leaked_forwarding(time.time(), live)
+        rules = engine_leftovers.forwarding_rules() if leaks else ""
+        for path, name, container_id in leaks:
+            errors = engine_leftovers.remove_leaked_forwarding(path)
+            if container_id in rules or errors:  # a stale record alone is not worth a line
+                note = f" (not all undone: {'; '.join(errors)})" if errors else ""
+                removed.append(f"port forwarding of the gone container {name}{note}")
+        engine_leftovers.tidy_engine_folders(gone)
+        return removed
+
 
 def _in_use(path: Path) -> bool:
     """True when a running process names ``path`` on its command line (conmon does)."""
-    needle = str(path).encode()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if needle in cmdline.read_bytes():
-                return True
-    return False
+    return engine_leftovers.in_use(path)
