@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,41 @@ from deployments.processes import ManagedProcess
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 Progress = Callable[[str], None]
+# The containers of the local environments carry this label (flows/deploy/local.py).
+ENVIRONMENT_LABEL = "dev.gantry.environment"
+# Each service deployed locally takes the next (staging, production) pair of ports.
+TARGET_SLOTS = 32
+# How long `gantry down` waits for cancelled runs to end before it ends them itself.
+CANCEL_TIMEOUT = 60.0
+
+
+@dataclass
+class DownReport:
+    """What `gantry down` stopped, removed and cancelled."""
+
+    stopped: list[str] = field(default_factory=list)
+    cancelled_runs: list[str] = field(default_factory=list)
+    sandboxes_removed: list[str] = field(default_factory=list)
+    environments_stopped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "stopped": self.stopped,
+            "cancelled_runs": self.cancelled_runs,
+            "sandboxes_removed": self.sandboxes_removed,
+            "environments_stopped": self.environments_stopped,
+        }
+
+    def lines(self) -> list[str]:
+        lines = ["stopped: " + (", ".join(self.stopped) or "nothing was running")]
+        for label, items in (
+            ("cancelled runs", self.cancelled_runs),
+            ("removed sandboxes", self.sandboxes_removed),
+            ("stopped environments", self.environments_stopped),
+        ):
+            if items:
+                lines.append(f"{label}: " + ", ".join(items))
+        return lines
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,21 @@ def worker_env(settings: StackSettings) -> dict[str, str]:
     bin_dir = str(Path(venv_bin("prefect")).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
     return env
+
+
+@contextlib.contextmanager
+def prefect_client_settings(settings: StackSettings) -> Iterator[None]:
+    """Prefect clients made inside talk to this stack's server, with its credential."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    # Prefect reads its settings once per process: change them through its own context,
+    # or the client would talk to whatever server this process was started for.
+    updates = {
+        PREFECT_API_URL: settings.prefect_api_url,
+        PREFECT_API_AUTH_STRING: settings.api_auth_string(),
+    }
+    with temporary_settings(updates=updates):
+        yield
 
 
 class Stack:
@@ -95,15 +147,7 @@ class Stack:
                 )
 
     def ensure_work_pool(self) -> None:
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-        # Prefect reads its settings once per process: change them through its own context,
-        # or the client would talk to whatever server this process was started for.
-        updates = {
-            PREFECT_API_URL: self.settings.prefect_api_url,
-            PREFECT_API_AUTH_STRING: self.settings.api_auth_string(),
-        }
-        with temporary_settings(updates=updates):
+        with prefect_client_settings(self.settings):
             asyncio.run(self._ensure_work_pool())
 
     def apply_deployments(self) -> None:
@@ -149,8 +193,14 @@ class Stack:
         self._check_ports()
         progress("starting the container registry")
         self.registry.start()
+        if not self.engine.process.running():
+            # Before our engine starts: a state folder removed and made anew shares the runtime
+            # folder of the engine it held, whose containers may still run.
+            for removed in self.engine.reap_leftovers(self.environment_ports()):
+                progress(f"removed {removed}")
         progress("starting the container engine (Podman's Docker API)")
         self.engine.start()
+        self._restart_environments(progress)
         progress("starting the Prefect server")
         self.server.start()
         progress("creating the work pool")
@@ -227,20 +277,83 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def down(self, purge: bool = False) -> list[str]:
-        """Stop what `up` started; ``purge`` also deletes the engine's images and containers."""
-        stopped = []
-        if self.receiver.stop():
-            stopped.append("webhooks")
+    def environment_ports(self) -> set[int]:
+        """The loopback ports this stack's environments serve on (every service's pair)."""
+        s = self.settings
+        return {
+            port + 2 * slot
+            for port in (s.staging_port, s.production_port)
+            for slot in range(TARGET_SLOTS)
+        }
+
+    def _stopped_environments_file(self) -> Path:
+        return self.settings.state_dir / "run" / "stopped-environments.json"
+
+    def _stop_environments(self) -> list[str]:
+        """Stop the environments' running containers through Podman (their cleanup takes their
+        port forwarding down) and remember them, so that `gantry up` serves them again."""
+        running = self.engine.containers(ENVIRONMENT_LABEL)
+        self.engine.stop_containers([c["Id"] for c in running])
+        names = sorted(name for c in running for name in c.get("Names") or [c["Id"][:12]])
+        live = [
+            c["Id"] for c in running if (c.get("Labels") or {}).get("dev.gantry.role") == "live"
+        ]
+        if live:
+            path = self._stopped_environments_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(live))
+        return names
+
+    def _restart_environments(self, progress: Progress) -> None:
+        """Serve again what `gantry down` stopped (not what `--keep-environments` left)."""
+        path = self._stopped_environments_file()
+        try:
+            ids = set(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return
+        known = {c["Id"] for c in self.engine.containers(ENVIRONMENT_LABEL, running=False)}
+        again = sorted(ids & known)
+        if again:
+            progress(f"starting the {len(again)} environment container(s) `gantry down` stopped")
+            try:
+                self.engine.start_containers(again)
+            except StackError as exc:
+                _log_warning(f"the environments could not start again: {exc}")
+        path.unlink(missing_ok=True)
+
+    def down(self, purge: bool = False, keep_environments: bool = False) -> DownReport:
+        """Stop what `up` started, and what runs for it: in-flight runs are cancelled, their
+        sandboxes removed, the environments' containers stopped (unless ``keep_environments``).
+        ``purge`` also deletes the engine's images and containers."""
+        from deployments.inflight import cancel_in_flight, kill_run_processes
+        from flows.steps.sandbox.select import reap_stack_leftovers
+
+        report = DownReport()
+        if self.receiver.stop():  # first: no new run starts while the others end
+            report.stopped.append("webhooks")
+        cancelled = []
+        if self.server.healthy():
+            # Without a worker nobody acts on Cancelling: end them at once, then their processes.
+            timeout = CANCEL_TIMEOUT if self.worker.running() else 0.0
+            with prefect_client_settings(self.settings):
+                cancelled = asyncio.run(cancel_in_flight(self.settings, timeout))
+            report.cancelled_runs = [run.describe() for run in cancelled]
         if self.worker.stop():
-            stopped.append("worker")
+            report.stopped.append("worker")
+        kill_run_processes([run.id for run in cancelled])
+        report.sandboxes_removed = asyncio.run(reap_stack_leftovers(self.settings))
+        if not keep_environments:
+            try:
+                report.environments_stopped = self._stop_environments()
+            except StackError as exc:
+                _log_warning(f"the environments could not be stopped: {exc}")
         if self.server.stop():
-            stopped.append("prefect-server")
+            report.stopped.append("prefect-server")
         if self.engine.stop(purge=purge):
-            stopped.append("engine")
+            report.stopped.append("engine")
         if self.registry.stop(purge=purge):
-            stopped.append("registry")
-        return stopped
+            report.stopped.append("registry")
+        return report
 
     def _worker_polling(self) -> bool:
         if not self.worker.running():

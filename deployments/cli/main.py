@@ -45,15 +45,23 @@ def up(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def down(as_json: JsonFlag = False) -> None:
-    """Stop exactly what `gantry up` started."""
+def down(
+    as_json: JsonFlag = False,
+    keep_environments: Annotated[
+        bool,
+        typer.Option("--keep-environments", help="Leave staging and production serving."),
+    ] = False,
+) -> None:
+    """Stop what `gantry up` started: in-flight runs are cancelled, their sandboxes removed, the
+    local environments stopped (`gantry up` serves them again)."""
     from deployments.stack import Stack
 
-    stopped = Stack(StackSettings()).down()
+    report = Stack(StackSettings()).down(keep_environments=keep_environments)
     if as_json:
-        out.print_json(json.dumps({"stopped": stopped}))
+        out.print_json(json.dumps(report.as_dict()))
     else:
-        out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        for line in report.lines():
+            out.print(line, highlight=False)
 
 
 @app.command()

@@ -136,7 +136,12 @@ def test_status_of_a_stack_that_is_not_running_exits_1(tmp_path: Path) -> None:
 def test_down_with_nothing_running_stops_nothing(tmp_path: Path) -> None:
     result = gantry(None, "down", "--json", home=tmp_path)
     assert result.returncode == 0
-    assert as_json(result) == {"stopped": []}
+    assert as_json(result) == {
+        "stopped": [],
+        "cancelled_runs": [],
+        "sandboxes_removed": [],
+        "environments_stopped": [],
+    }
 
 
 def test_a_port_taken_by_another_program_is_a_clear_error(tmp_path: Path) -> None:
