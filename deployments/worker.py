@@ -11,7 +11,12 @@ neither set the metric is off and the worker runs as usual.
 
 Run it where ``prefect worker start`` would run::
 
-    python -m deployments.worker --pool NAME --type process|kubernetes [--name NAME]
+    python -m deployments.worker --pool NAME --type warm|process|kubernetes [--name NAME]
+
+``warm`` is Gantry's own worker type, ``gantry-warm`` (deployments/warm/): flow runs start in
+interpreters that have already imported Prefect and the pipelines (``--warm-size`` of them wait,
+``--preload`` names the modules), and a run scheduled in the pool wakes the worker through
+Prefect's event stream instead of waiting for the next poll.
 
 It stops gracefully on SIGTERM or SIGINT (a second signal kills it at once).
 
@@ -42,6 +47,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 
 from clients.metrics import get_metrics
 from core.redact import register_secret
+from deployments.warm.worker import DEFAULT_WARM_SIZE, PIPELINE_MODULES, WarmWorker
 from flows.steps.sandbox.select import reap_stack_leftovers
 
 # Datadog's own name for the environment; the worker's pod already sets it (modules/prefect).
@@ -113,7 +119,13 @@ class GantryKubernetesWorker(_HeartbeatMixin, KubernetesWorker):  # type: ignore
         return "gantry-kubernetes"
 
 
+# Its own type (``gantry-warm``): Prefect registers it under that key, no hook needed.
+class GantryWarmWorker(_HeartbeatMixin, WarmWorker):
+    """Gantry's warm worker, sending a heartbeat after each successful poll."""
+
+
 WORKER_CLASSES: dict[str, type[AnyWorker]] = {
+    "warm": GantryWarmWorker,
     "process": GantryProcessWorker,
     # mypy sees BaseWorker's abstract run() but not the untyped KubernetesWorker's.
     "kubernetes": GantryKubernetesWorker,  # type: ignore[type-abstract]
@@ -129,6 +141,9 @@ class WorkerOptions:
     limit: int | None = None
     base_job_template: Path | None = None
     with_healthcheck: bool = False
+    warm_size: int = DEFAULT_WARM_SIZE
+    preload: tuple[str, ...] = PIPELINE_MODULES
+    status_file: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
@@ -159,7 +174,26 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         action="store_true",
         help="serve Prefect's worker health check on PREFECT_WORKER_WEBSERVER_HOST/PORT",
     )
+    parser.add_argument(
+        "--warm-size",
+        type=int,
+        default=DEFAULT_WARM_SIZE,
+        help=f"warm type: interpreters kept warm (default {DEFAULT_WARM_SIZE})",
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        help="warm type: a module each warm interpreter imports (repeatable; default: the "
+        "pipelines)",
+    )
+    parser.add_argument(
+        "--status-file",
+        type=Path,
+        help="warm type: JSON file kept up to date with the warm interpreters and their memory",
+    )
     args = parser.parse_args(argv)
+    if args.warm_size < 1:
+        parser.error("--warm-size must be at least 1")
     return WorkerOptions(
         pool=args.pool,
         worker_type=args.worker_type,
@@ -168,6 +202,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         limit=args.limit,
         base_job_template=args.base_job_template,
         with_healthcheck=args.with_healthcheck,
+        warm_size=args.warm_size,
+        preload=tuple(args.preload) if args.preload else PIPELINE_MODULES,
+        status_file=args.status_file,
     )
 
 
@@ -175,13 +212,21 @@ def build_worker(options: WorkerOptions) -> AnyWorker:
     template = None
     if options.base_job_template is not None:
         template = json.loads(options.base_job_template.read_text())
-    return WORKER_CLASSES[options.worker_type](
-        work_pool_name=options.pool,
-        name=options.name,
-        work_queues=options.work_queues,
-        limit=options.limit,
-        base_job_template=template,
-    )
+    common: dict[str, Any] = {
+        "name": options.name,
+        "work_queues": options.work_queues,
+        "limit": options.limit,
+        "base_job_template": template,
+    }
+    if options.worker_type == "warm":
+        return GantryWarmWorker(
+            options.pool,
+            warm_size=options.warm_size,
+            preload=options.preload,
+            status_file=options.status_file,
+            **common,
+        )
+    return WORKER_CLASSES[options.worker_type](work_pool_name=options.pool, **common)
 
 
 def _printer(worker: AnyWorker) -> Callable[..., None]:
