@@ -50,6 +50,8 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python -m bench
 
+# `gantry down` ends what runs for the stack (runs, sandboxes, environments) before its
+# folder goes: removed with them still running, they would hold their ports as orphans.
 clean:
 	-$(BIN)/gantry down
 	rm -rf $(VENV) .gantry .mypy_cache .ruff_cache .pytest_cache
