@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,17 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterName,
     LogFilter,
     LogFilterFlowRunId,
     LogFilterLevel,
     LogFilterTimestamp,
 )
-from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.sorting import LogSort
-from prefect.deployments import run_deployment
+from prefect.client.schemas.objects import FlowRun, Log, TaskRun
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.deployments import arun_deployment
+from prefect.states import Cancelling
 from pydantic import BaseModel, Field, ValidationError
 
 from core.approvals import (
@@ -39,9 +40,12 @@ from core.approvals import (
 )
 from core.links import flow_run_url
 from flows.records.summary import summary_key
-from flows.steps.checkout import SHA_RE
 
 Progress = Callable[[str], None]
+# What a followed run looks like at one poll: its state and each stage's (task run's) state.
+Watch = Callable[[str, list[tuple[str, str]]], None]
+# The tag a retry carries, naming the run it repeats.
+RETRY_TAG = "gantry:retry-of:"
 POLL_SECONDS = 0.5
 REFUSAL_LOG_WAIT = 10.0
 
@@ -73,43 +77,31 @@ class RunOutcome(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-def resolve_target(repo: str, sha: str) -> tuple[str, str]:
-    """A local path becomes absolute and a ref or short SHA is resolved; URLs need a full SHA."""
-    path = Path(repo)
-    if path.is_dir():
-        found = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(path),
-                "rev-parse",
-                "--verify",
-                "--end-of-options",
-                f"{sha}^{{commit}}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if found.returncode != 0:
-            raise RunError(f"{sha!r} is not a commit of {repo}: {found.stderr.strip()}")
-        return str(path.resolve()), found.stdout.strip()
-    if not SHA_RE.match(sha):
-        raise RunError(f"for a remote repository, --sha must be a full commit SHA, not {sha!r}")
-    return repo, sha
+async def _task_runs(client: PrefectClient, flow_run_id: uuid.UUID) -> list[TaskRun]:
+    return await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
 
 
-async def _stage_progress(flow_run_id: uuid.UUID) -> str:
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    parts = []
-    for run in sorted(runs, key=lambda r: r.name):
-        state = (run.state.name if run.state else None) or "?"
-        parts.append(f"{run.name}: {state.lower()}")
-    return ", ".join(parts)
+async def _stage_states(client: PrefectClient, flow_run_id: uuid.UUID) -> list[tuple[str, str]]:
+    runs = await _task_runs(client, flow_run_id)
+    return sorted(
+        (run.name, ((run.state.name if run.state else None) or "?").lower()) for run in runs
+    )
+
+
+def progress_lines(progress: Progress) -> Watch:
+    """A watch that reports each change as one line: "Running | lint: completed, unit: ..."."""
+    last = ""
+
+    def watch(state: str, stages: list[tuple[str, str]]) -> None:
+        nonlocal last
+        line = state + (" | " + ", ".join(f"{n}: {s}" for n, s in stages) if stages else "")
+        if line != last:
+            progress(line)
+            last = line
+
+    return watch
 
 
 async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLine], dict[str, Any]]:
@@ -146,6 +138,16 @@ async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLin
     ], {}
 
 
+async def start_run(
+    deployment: str, parameters: dict[str, Any], tags: list[str] | None = None
+) -> FlowRun:
+    """Create a flow run of ``deployment`` (its worker picks it up) without waiting for it."""
+    try:
+        return await arun_deployment(deployment, parameters=parameters, timeout=0, tags=tags)
+    except Exception as exc:
+        raise RunError(f"cannot start {deployment}: {exc}") from exc
+
+
 async def run_pipeline(
     pipeline: str,
     deployment: str,
@@ -154,27 +156,43 @@ async def run_pipeline(
     progress: Progress,
     timeout: float = 3600.0,
     on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
+    watch: Watch | None = None,
 ) -> RunOutcome:
-    """Create a flow run of ``deployment`` and follow it to its final state.
+    """Create a flow run of ``deployment`` and follow it to its final state (see follow_run)."""
+    started = time.monotonic()
+    flow_run = await start_run(deployment, parameters)
+    return await follow_run(
+        flow_run, pipeline, ui_url, progress, timeout, on_paused, watch, started=started
+    )
 
+
+async def follow_run(
+    flow_run: FlowRun,
+    pipeline: str,
+    ui_url: str,
+    progress: Progress,
+    timeout: float = 3600.0,
+    on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
+    watch: Watch | None = None,
+    started: float | None = None,
+) -> RunOutcome:
+    """Follow a flow run to its final state, showing each change of it and of its stages.
+
+    ``watch`` sees every poll (a live table); without it, changes are ``progress`` lines.
     ``on_paused`` is called each time the run pauses (an approval gate); returning False
     stops following, and the outcome then reports the paused state.
     """
-    started = time.monotonic()
-    try:
-        created = run_deployment(deployment, parameters=parameters, timeout=0)
-        flow_run: FlowRun = await created if inspect.isawaitable(created) else created
-    except Exception as exc:
-        raise RunError(f"cannot start {deployment}: {exc}") from exc
+    started = time.monotonic() if started is None else started
+    watch = watch or progress_lines(progress)
     url = flow_run_url(flow_run.id, ui_url) or ui_url
     progress(f"{pipeline} run {flow_run.name} created: {url}")
-    last = ""
     paused_key: object = None
     async with get_client() as client:
         while True:
             flow_run = await client.read_flow_run(flow_run.id)
             state = flow_run.state
             if state is not None and state.is_final():
+                watch(state.name or state.type.value, await _stage_states(client, flow_run.id))
                 break
             if state is not None and state.is_paused() and on_paused is not None:
                 key = state.state_details.pause_key
@@ -184,12 +202,8 @@ async def run_pipeline(
                         break
             if time.monotonic() - started > timeout:
                 raise RunError(f"{flow_run.name} did not finish within {timeout:.0f} s: {url}")
-            stage_states = await _stage_progress(flow_run.id)
-            line = f"{state.name if state else 'Pending'}"
-            line += f" | {stage_states}" if stage_states else ""
-            if line != last:
-                progress(line)
-                last = line
+            shown = (state.name if state else None) or "Pending"
+            watch(shown, await _stage_states(client, flow_run.id))
             await asyncio.sleep(POLL_SECONDS)
     stages, data = await _read_summary(flow_run, pipeline)
     assert state is not None
@@ -350,27 +364,165 @@ async def submit_answer(
     raise RunError(f"flow run {flow_run_id} did not pick up the answer within {wait:.0f} s")
 
 
-PIPELINE_FLOWS = {"pr": "pr-pipeline", "merge": "merge-pipeline", "release": "release-pipeline"}
+async def find_run(client: PrefectClient, run: str) -> FlowRun:
+    """The flow run ``run`` names: its id, else its name (the newest run of that name)."""
+    try:
+        run_id = uuid.UUID(run)
+    except ValueError:
+        found = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=1,
+        )
+        if not found:
+            raise RunError(f"no flow run named {run!r}") from None
+        return found[0]
+    try:
+        return await client.read_flow_run(run_id)
+    except Exception as exc:  # ObjectNotFound, or the API's own error
+        raise RunError(f"no flow run {run}: {exc}") from None
 
 
-async def last_runs(ui_url: str) -> dict[str, dict[str, str]]:
-    """The newest run of each pipeline: its name, state and page in the UI."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
+class LogLine(BaseModel):
+    """One line of a run's log: `gantry logs --json` prints a list of them."""
 
-    found: dict[str, dict[str, str]] = {}
-    async with get_client() as client:
-        for pipeline, flow_name in PIPELINE_FLOWS.items():
-            runs = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                limit=1,
+    id: str
+    timestamp: datetime
+    level: int
+    stage: str | None
+    message: str
+
+
+async def _read_logs(
+    client: PrefectClient, log_filter: LogFilter, stages: dict[uuid.UUID, str]
+) -> list[LogLine]:
+    lines: list[LogLine] = []
+    page = 200  # the API's default cap on one page
+    while True:
+        logs: list[Log] = await client.read_logs(
+            log_filter=log_filter, sort=LogSort.TIMESTAMP_ASC, limit=page, offset=len(lines)
+        )
+        lines += [
+            LogLine(
+                id=str(log.id),
+                timestamp=log.timestamp,
+                level=log.level,
+                stage=stages.get(log.task_run_id) if log.task_run_id else None,
+                message=log.message,
             )
-            if runs:
-                run = runs[0]
-                found[pipeline] = {
-                    "name": run.name,
-                    "state": (run.state.name if run.state else None) or "unknown",
-                    "url": flow_run_url(run.id, ui_url) or ui_url,
-                }
-    return found
+            for log in logs
+        ]
+        if len(logs) < page:
+            return lines
+
+
+# Logs reach the API in batches, a few seconds after they were written: a followed run's
+# log is read again from this far behind its newest line, and lines already shown skipped.
+LOG_LATENESS = timedelta(seconds=30)
+
+
+async def run_logs(
+    run: str,
+    emit: Callable[[LogLine], None],
+    stage: str | None = None,
+    follow: bool = False,
+    settle: float = 3.0,
+) -> FlowRun:
+    """Emit the log lines of ``run`` (a flow run's id or name), oldest first.
+
+    The steps' output is in them, line by line. With ``stage``, only that stage's task run's
+    lines. With ``follow``, keep emitting new lines until the run ends; its last lines reach
+    the API a batch interval late, so following stops after ``settle`` s with nothing new.
+    """
+    async with get_client() as client:
+        flow_run = await find_run(client, run)
+        shown: set[str] = set()
+        newest: datetime | None = None
+        quiet_since: float | None = None
+        while True:
+            stages = {t.id: t.name for t in await _task_runs(client, flow_run.id)}
+            log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]))
+            if newest is not None:
+                log_filter.timestamp = LogFilterTimestamp(after_=newest - LOG_LATENESS)
+            lines = await _read_logs(client, log_filter, stages)
+            if stage is not None:
+                if not follow and stage not in stages.values():
+                    known = ", ".join(sorted(set(stages.values()))) or "none"
+                    raise RunError(f"{flow_run.name} has no stage {stage!r} (stages: {known})")
+                lines = [line for line in lines if line.stage == stage]
+            new = [line for line in lines if line.id not in shown]
+            for line in new:
+                emit(line)
+                shown.add(line.id)
+                newest = line.timestamp if newest is None else max(newest, line.timestamp)
+            if not follow:
+                return flow_run
+            flow_run = await client.read_flow_run(flow_run.id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                now = time.monotonic()
+                quiet_since = now if new or quiet_since is None else quiet_since
+                if now - quiet_since >= settle:
+                    return flow_run
+            await asyncio.sleep(POLL_SECONDS)
+
+
+class CancelOutcome(BaseModel):
+    flow_run_id: str
+    flow_run_name: str
+    state: str
+    cancelled: bool
+    message: str
+
+
+async def cancel_run(run: str, wait: float = 30.0) -> CancelOutcome:
+    """Cancel ``run`` as Prefect does: set it Cancelling; its worker then stops its process.
+
+    Waits up to ``wait`` s for the final Cancelled state (0: return once it is Cancelling).
+    """
+    async with get_client() as client:
+        flow_run = await find_run(client, run)
+        state = flow_run.state
+        if state is not None and state.is_final():
+            raise RunError(f"{flow_run.name} has already ended: {state.name}")
+        result: OrchestrationResult[Any] = await client.set_flow_run_state(
+            flow_run.id, Cancelling(message="cancelled with gantry cancel")
+        )
+        if result.status != SetStateStatus.ACCEPT:
+            why = getattr(result.details, "reason", None) or result.status.value
+            raise RunError(f"the Prefect API refused to cancel {flow_run.name}: {why}")
+        deadline = time.monotonic() + wait
+        while True:
+            flow_run = await client.read_flow_run(flow_run.id)
+            state = flow_run.state
+            assert state is not None
+            if state.is_final() or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+    return CancelOutcome(
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        state=state.name or state.type.value,
+        cancelled=state.is_cancelled(),
+        message=state.message or "",
+    )
+
+
+async def start_retry(run: str) -> tuple[FlowRun, str]:
+    """A new run of ``run``'s deployment with its parameters, tagged as a retry of it.
+
+    ``no_cache`` is turned off: the stages that passed are taken from the cache, only the
+    others run again. Returns the new run and the pipeline (its deployment's name).
+    """
+    async with get_client() as client:
+        original = await find_run(client, run)
+        if original.deployment_id is None:
+            raise RunError(f"{original.name} was not started from a deployment: nothing to re-run")
+        deployment = await client.read_deployment(original.deployment_id)
+    parameters = dict(original.parameters)
+    if "no_cache" in parameters:
+        parameters["no_cache"] = False
+    # A retry of a retry names the run it repeats, not the whole chain.
+    tags = [t for t in original.tags if not t.startswith(RETRY_TAG)]
+    tags.append(f"{RETRY_TAG}{original.id}")
+    flow_run = await start_run(str(deployment.id), parameters, tags)
+    return flow_run, deployment.name

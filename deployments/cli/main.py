@@ -1,42 +1,40 @@
-"""The `gantry` command line: the local stack, pipeline runs, and their results."""
+"""The `gantry` command line: the local stack, pipeline runs, and their results.
+
+`gantry --help` and argument errors load typer and rich only: each command imports what it
+needs (settings, the stack, Prefect) when it runs.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shlex
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, StackSettings
-from deployments.cli.console import (
-    JsonFlag,
-    NoCacheFlag,
-    ensure_stack,
-    err,
-    fail,
-    follow,
-    out,
-    prefect_settings,
-    print_outcome,
-)
+from deployments.cli.options import JsonFlag, NoCacheFlag
 
 app = typer.Typer(
     help="Gantry: pull-request, merge and release pipelines on Prefect.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: typer's rich help loads a markdown parser, more than --help may cost.
+    rich_markup_mode=None,
 )
-run_app = typer.Typer(help="Run a pipeline through its deployment and wait for the result.")
+run_app = typer.Typer(
+    help="Run a pipeline through its deployment and wait for the result.", rich_markup_mode=None
+)
 app.add_typer(run_app, name="run")
 
 
 @app.command()
 def up(as_json: JsonFlag = False) -> None:
     """Start the local stack (idempotent) and print where it answers."""
+    from core.settings import StackSettings
+    from deployments.cli.console import ensure_stack, out
+
     settings = StackSettings()
     ensure_stack(settings, quiet=as_json)
     status(as_json)
@@ -54,11 +52,13 @@ def down(
 ) -> None:
     """Stop what `gantry up` started: in-flight runs are cancelled, their sandboxes removed, the
     local environments stopped (`gantry up` serves them again)."""
+    from core.settings import StackSettings
+    from deployments.cli.console import out, print_json
     from deployments.stack import Stack
 
     report = Stack(StackSettings()).down(keep_environments=keep_environments)
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        print_json(report.as_dict())
     else:
         for line in report.lines():
             out.print(line, highlight=False)
@@ -67,32 +67,35 @@ def down(
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
     """Each part of the local stack, its URL and whether it is up (exit 1 when any is down)."""
-    from deployments.runs import last_runs
+    from core.settings import StackSettings
+    from deployments.cli.api import ApiError, last_runs
+    from deployments.cli.console import err, out, print_json, show_table
     from deployments.stack import Stack
 
     settings = StackSettings()
     parts = Stack(settings).status()
     runs: dict[str, dict[str, str]] = {}
     if parts[0].up:  # the Prefect server answers: show the newest run of each pipeline
-        with prefect_settings(settings):
-            runs = asyncio.run(last_runs(settings.prefect_url))
+        try:
+            runs = last_runs(settings)
+        except ApiError as exc:
+            warning = f"[yellow]warning:[/yellow] cannot read the last runs: {exc}"
+            err.print(warning, highlight=False)
     if as_json:
         payload = {
+            "home": str(settings.state_dir),
             "parts": {p.name: {"url": p.url, "up": p.up, "detail": p.detail} for p in parts},
             "up": all(p.up for p in parts),
             "last_runs": runs,
         }
-        out.print_json(json.dumps(payload))
+        print_json(payload)
     else:
-        table = Table("part", "url", "up")
-        for p in parts:
-            table.add_row(p.name, p.url, "[green]up[/green]" if p.up else "[red]down[/red]")
-        out.print(table)
+        out.print(f"state folder: {settings.state_dir}", highlight=False)
+        rows = [[p.name, p.url, "[green]up[/green]" if p.up else "[red]down[/red]"] for p in parts]
+        show_table(["part", "url", "up"], rows)
         if runs:
-            recent = Table("pipeline", "last run", "state", "url")
-            for pipeline, run in runs.items():
-                recent.add_row(pipeline, run["name"], run["state"], run["url"])
-            out.print(recent)
+            rows = [[p, r["name"], r["state"], r["url"]] for p, r in runs.items()]
+            show_table(["pipeline", "last run", "state", "url"], rows)
     if not all(p.up for p in parts):
         raise typer.Exit(1)
 
@@ -103,6 +106,8 @@ def env(as_json: JsonFlag = False) -> None:
 
     Use as eval "$(gantry env)". The output holds the Prefect API credential: never log it.
     """
+    from core.settings import StackSettings
+
     settings = StackSettings()
     values = {
         "PREFECT_API_URL": settings.prefect_api_url,
@@ -117,6 +122,9 @@ def env(as_json: JsonFlag = False) -> None:
 
 
 def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
+    from deployments.cli.console import print_outcome
+    from deployments.cli.follow import follow
+
     outcome = follow(pipeline, deployment, parameters, as_json)
     print_outcome(outcome, as_json)
     raise typer.Exit(0 if outcome.passed else 1)
@@ -124,11 +132,12 @@ def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json:
 
 def target(repo: str, sha: str) -> tuple[str, str]:
     """The repository and full commit SHA the user named, or a usage error."""
-    from deployments.runs import RunError, resolve_target
+    from deployments.cli.console import fail
+    from deployments.cli.target import TargetError, resolve_target
 
     try:
         return resolve_target(repo, sha)
-    except RunError as exc:
+    except TargetError as exc:
         raise fail(str(exc)) from None
 
 
@@ -152,6 +161,8 @@ def run_pr(
         "fork": fork,
         "no_cache": no_cache,
     }
+    from core.settings import PR_DEPLOYMENT
+
     trigger("pr", PR_DEPLOYMENT, parameters, as_json)
 
 
@@ -175,6 +186,8 @@ def run_merge(
         "repository_name": repository_name,
         "no_cache": no_cache,
     }
+    from core.settings import MERGE_DEPLOYMENT
+
     trigger("merge", MERGE_DEPLOYMENT, parameters, as_json)
 
 
@@ -185,21 +198,25 @@ def demo(
     ] = False,
 ) -> None:
     """The sample service through PR, merge, staging and an approved release to production."""
+    from deployments.cli.console import err, out
     from deployments.demo import run_demo
 
     raise typer.Exit(run_demo(out, err, manual))
 
 
 def main() -> None:
-    from core.redact import register_secret
-    from deployments.cli import observe, release, supply, webhooks
+    from deployments.cli import observe, operate, release, supply, webhooks
 
     # A process started by the stack (the receiver) holds the Prefect API credential only in
     # its environment: masked in its logs from the start.
-    register_secret(os.environ.get("PREFECT_API_AUTH_STRING"))
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        from core.redact import register_secret
+
+        register_secret(os.environ["PREFECT_API_AUTH_STRING"])
 
     release.register(app)
     observe.register(app)
+    operate.register(app)
     supply.register(app)
     app.add_typer(webhooks.app, name="webhooks")
     app()

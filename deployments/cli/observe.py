@@ -6,9 +6,6 @@ import asyncio
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
-from core.settings import StackSettings
 
 
 def dora(
@@ -19,7 +16,10 @@ def dora(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object for scripts.")] = False,
 ) -> None:
     """Deployment frequency, lead time, change failure rate and time to restore."""
+    from rich.console import Console
+
     from core.identity import slugify
+    from core.settings import StackSettings
     from deployments.cli.console import prefect_settings
     from deployments.dora import dora_command
     from flows.records.dora import deployment_records

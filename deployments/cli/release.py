@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from prefect.client.schemas.objects import FlowRun
 
-from core.approvals import Decision, default_key
-from core.links import flow_run_url
-from core.release_policy import PolicyError, load_release_policy, policy_path
-from core.settings import RELEASE_DEPLOYMENT, StackSettings
-from deployments.cli.console import (
-    JsonFlag,
-    err,
-    fail,
-    follow,
-    out,
-    prefect_settings,
-    print_outcome,
-)
-from deployments.runs import RunError, RunOutcome, answer_approval
+from deployments.cli.options import JsonFlag
+
+if TYPE_CHECKING:  # Prefect loads slowly: the commands import it when they run.
+    from prefect.client.schemas.objects import FlowRun
+
+    from core.approvals import Decision
+    from deployments.runs import RunOutcome
 
 RepoOption = Annotated[
     str | None, typer.Option("--repo", help="Path or clone URL of the repository.")
@@ -32,6 +23,11 @@ NameOption = Annotated[str | None, typer.Option("--name", help="owner/name of th
 
 
 def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> RunOutcome:
+    from core.links import flow_run_url
+    from core.settings import RELEASE_DEPLOYMENT, StackSettings
+    from deployments.cli.console import err
+    from deployments.cli.follow import follow
+
     prefect_url = StackSettings().prefect_url
 
     async def paused(flow_run: FlowRun) -> bool:
@@ -48,6 +44,8 @@ def follow_release(parameters: dict[str, Any], wait: bool, as_json: bool) -> Run
 
 
 def finish_release(outcome: RunOutcome, as_json: bool) -> None:
+    from deployments.cli.console import print_outcome
+
     print_outcome(outcome, as_json)
     if outcome.paused:
         raise typer.Exit(0)
@@ -66,6 +64,8 @@ def release(
     as_json: JsonFlag = False,
 ) -> None:
     """Promote a staging-verified release candidate to production (after an approval)."""
+    from deployments.cli.console import fail
+
     if not repo and not name:
         raise fail("name the repository with --repo or --name")
     parameters = {
@@ -88,6 +88,8 @@ def rollback(
 
     It waits for an approval unless the worker's release policy allows rollback without one.
     """
+    from deployments.cli.console import fail
+
     if env != "production":
         raise fail("only --env production can be rolled back (staging follows main)")
     if not repo and not name:
@@ -102,6 +104,11 @@ def rollback(
 
 
 def _answer(run_id: str, decision: Decision, reason: str, key: Path | None, as_json: bool) -> None:
+    from core.approvals import default_key
+    from core.settings import StackSettings
+    from deployments.cli.console import fail, out, prefect_settings, print_json
+    from deployments.runs import RunError, answer_approval
+
     signing_key = key or default_key()
     if signing_key is None:
         raise fail("no SSH key: pass --key, or make ~/.ssh/id_ed25519 (ssh-keygen -t ed25519)")
@@ -112,7 +119,7 @@ def _answer(run_id: str, decision: Decision, reason: str, key: Path | None, as_j
         except RunError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        out.print_json(outcome.model_dump_json())
+        print_json(outcome.model_dump(mode="json"))
     else:
         out.print(outcome.message, highlight=False)
     raise typer.Exit(0 if outcome.accepted else 1)
@@ -149,24 +156,29 @@ def reject(
     _answer(run_id, "reject", reason, key, as_json)
 
 
-policy_app = typer.Typer(help="The release policy the worker enforces.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="The release policy the worker enforces.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @policy_app.command("show")
 def show_policy(as_json: JsonFlag = False) -> None:
     """Print the release policy file the worker would use (exit 1 when missing or invalid)."""
+    from core.release_policy import PolicyError, load_release_policy, policy_path
+    from deployments.cli.console import err, out, print_json
+
     path = policy_path()
     try:
         policy = load_release_policy(path)
     except PolicyError as exc:
         if as_json:
-            out.print_json(json.dumps({"path": str(path), "valid": False, "error": str(exc)}))
+            print_json({"path": str(path), "valid": False, "error": str(exc)})
         else:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         shown = {"path": str(path), "valid": True, "principals": policy.principals()}
-        out.print_json(json.dumps({**shown, **policy.model_dump(mode="json")}))
+        print_json({**shown, **policy.model_dump(mode="json")})
         return
     out.print(f"release policy: {path}", highlight=False)
     out.print(f"  approvers (allowed signers): {', '.join(policy.principals())}", highlight=False)

@@ -9,13 +9,12 @@ broken and can be copied from the terminal. Registry credentials come from
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from blocks.containers import registry_credentials_from_env
-from clients.oci_artifacts import SBOM_SUFFIX, ArtifactError, attached_layers, split_reference
-from clients.registry import RegistryClient, RegistryClientError
+if TYPE_CHECKING:  # loaded by the commands that run, not by `gantry --help`
+    from clients.registry import RegistryClient
 
 Reference = Annotated[str, typer.Argument(help="The image by digest: HOST/NAME@sha256:...")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object for scripts.")]
@@ -26,6 +25,10 @@ def _echo(line: str) -> None:
 
 
 def _target(reference: str) -> tuple[RegistryClient, str, str]:
+    from blocks.containers import registry_credentials_from_env
+    from clients.oci_artifacts import ArtifactError, split_reference
+    from clients.registry import RegistryClient
+
     try:
         address, repository, digest = split_reference(reference)
     except ArtifactError as exc:
@@ -98,6 +101,8 @@ def verify(
 
 def sbom(reference: Reference, as_json: JsonFlag = False) -> None:
     """The packages of an image digest's SBOM (name, version, type); exit 1 when it has none."""
+    from clients.oci_artifacts import SBOM_SUFFIX, attached_layers
+    from clients.registry import RegistryClientError
     from flows.supply.sbom import SbomError, parse_sbom, sbom_packages, sbom_subject_digest
 
     registry, repository, digest = _target(reference)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The GitHub webhook receiver.", no_args_is_help=True)
+app = typer.Typer(help="The GitHub webhook receiver.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _fail(message: str) -> typer.Exit:
