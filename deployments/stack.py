@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,6 +70,17 @@ class PartStatus:
     url: str
     up: bool
     detail: str = ""
+
+
+# GANTRY_WORKER_TYPE: "warm" (Gantry's warm worker, the default) or "process" (Prefect's).
+WORKER_TYPES = ("warm", "process")
+
+
+def worker_type() -> str:
+    chosen = os.environ.get("GANTRY_WORKER_TYPE", "").strip() or "warm"
+    if chosen not in WORKER_TYPES:
+        raise StackError(f"GANTRY_WORKER_TYPE must be one of {', '.join(WORKER_TYPES)}")
+    return chosen
 
 
 def _quiet(message: str) -> None:
@@ -131,18 +143,31 @@ class Stack:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
         from prefect.exceptions import ObjectNotFound
+        from prefect.workers.base import BaseWorker
         from prefect.workers.process import ProcessWorker
 
+        from deployments.warm.worker import WarmWorker
+
+        worker: type[BaseWorker[Any, Any, Any]] = ProcessWorker
+        if worker_type() == "warm":
+            worker = WarmWorker
         async with get_client() as client:
             try:
-                await client.read_work_pool(self.settings.work_pool)
+                pool = await client.read_work_pool(self.settings.work_pool)
             except ObjectNotFound:
+                pool = None
+            if pool is not None and pool.type != worker.type:
+                # A pool's type cannot change: GANTRY_WORKER_TYPE changed since it was made.
+                # `prefect deploy --all` (next in `up`) attaches the deployments again.
+                await client.delete_work_pool(self.settings.work_pool)
+                pool = None
+            if pool is None:
                 await client.create_work_pool(
                     WorkPoolCreate(
                         name=self.settings.work_pool,
-                        type="process",
-                        base_job_template=ProcessWorker.get_default_base_job_template(),
-                        description="Gantry's local process work pool",
+                        type=worker.type,
+                        base_job_template=worker.get_default_base_job_template(),
+                        description=f"Gantry's local work pool ({worker.type} worker)",
                     )
                 )
 
@@ -225,10 +250,13 @@ class Stack:
                 "--pool",
                 self.settings.work_pool,
                 "--type",
-                "process",
+                worker_type(),
                 "--name",
                 f"{self.settings.work_pool}-worker",
             ]
+            if worker_type() == "warm":
+                # Warm interpreters (deployments/warm/): `gantry status` shows this file.
+                argv += ["--status-file", str(self.warm_status_file)]
             self.worker.start(argv, worker_env(self.settings), cwd=PROJECT_DIR)
             if not wait_until(self._worker_polling, 60, 0.5):
                 raise StackError(f"the worker did not start:\n{self.worker.log_tail()}")
@@ -360,6 +388,24 @@ class Stack:
             return False
         return "started" in self.worker.log_tail(50).lower()
 
+    @property
+    def warm_status_file(self) -> Path:
+        return self.settings.state_dir / "run" / "warm-pool.json"
+
+    def _warm_detail(self) -> str:
+        """The warm worker's interpreters and their memory, from the file it keeps."""
+        try:
+            pool = json.loads(self.warm_status_file.read_text())
+        except (OSError, ValueError):
+            return ""
+        if not self.worker.running():
+            return ""
+        sizes = [
+            f"{each['rss_mib']:.0f} MiB" if each.get("rss_mib") else each.get("state", "?")
+            for each in pool.get("interpreters", [])
+        ]
+        return f", {len(sizes)} warm interpreters ({', '.join(sizes) or 'none'})"
+
     def status(self) -> list[PartStatus]:
         s = self.settings
         return [
@@ -368,7 +414,7 @@ class Stack:
                 "worker",
                 f"{s.prefect_url}/work-pools/work-pool/{s.work_pool}",
                 self.worker.running(),
-                f"pool {s.work_pool}",
+                f"pool {s.work_pool}{self._warm_detail()}",
             ),
             PartStatus("webhooks", s.webhook_url, self._receiver_up()),
             PartStatus("engine", self.engine.docker_host, self.engine.is_up()),

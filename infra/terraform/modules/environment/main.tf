@@ -66,7 +66,7 @@ module "prefect" {
   webhook_repositories    = var.webhook_repositories
   gantry_image_repository = module.registry.repository_urls["gantry"]
   gantry_image_tag        = var.gantry_image_tag
-  base_job_template_path  = "${path.module}/../../../k8s/work-pool/base-job-template.json"
+  base_job_template_path  = "${path.module}/../../../k8s/work-pool/warm-base-job-template.json"
 
   provenance_signing_key_secret_arn = var.provenance_signing_key_secret_arn
   provenance_trusted_public_keys    = var.provenance_trusted_public_keys

@@ -121,15 +121,39 @@ resource "helm_release" "worker" {
         enabled        = true
         existingSecret = kubernetes_secret_v1.prefect_auth.metadata[0].name
       }
-      # Instead of the chart's `prefect worker start`: Prefect's Kubernetes worker plus the
-      # gantry.worker.heartbeat count (one per successful poll) that the worker-not-polling
-      # monitor watches (deployments/worker.py). Same pool and base job template, which the
-      # chart mounts in the working directory.
+      # Instead of the chart's `prefect worker start`: Gantry's warm worker (gantry-warm,
+      # deployments/warm/) plus the gantry.worker.heartbeat count (one per successful poll)
+      # that the worker-not-polling monitor watches (deployments/worker.py). Flow runs start
+      # in this pod, each in an interpreter that has already imported Prefect and the
+      # pipelines; their steps run in pods of their own (the steps namespace), so the flow
+      # process holds no untrusted code. The chart mounts the base job template in the
+      # working directory.
       args = [
         "python", "-m", "deployments.worker",
-        "--type", "kubernetes",
+        "--type", "warm",
         "--pool", var.work_pool_name,
         "--base-job-template", "baseJobTemplate.json",
+        "--warm-size", tostring(var.warm_interpreters),
+      ]
+      # Flow runs need what a flow-run Job had: the deployer's rights (step pods, deploys),
+      # writable scratch space, the release policy and the provenance keys.
+      resources = {
+        requests = { cpu = "500m", memory = "1Gi" }
+        limits   = { cpu = "2", memory = "4Gi" }
+      }
+      extraVolumes = [
+        { name = "tmp", emptyDir = { sizeLimit = "10Gi" } },
+        { name = "home", emptyDir = { sizeLimit = "1Gi" } },
+        { name = "release-policy", secret = { secretName = "gantry-release-policy", optional = true, defaultMode = 292 } },
+        { name = "provenance-signing-key", secret = { secretName = "gantry-provenance-signing-key", optional = true, defaultMode = 288 } },
+        { name = "provenance-trusted-keys", configMap = { name = "gantry-provenance-trusted-keys", optional = true, defaultMode = 292 } },
+      ]
+      extraVolumeMounts = [
+        { name = "tmp", mountPath = "/tmp" },
+        { name = "home", mountPath = "/home/gantry" },
+        { name = "release-policy", mountPath = "/etc/gantry/release-policy", readOnly = true },
+        { name = "provenance-signing-key", mountPath = "/etc/gantry/provenance-signing", readOnly = true },
+        { name = "provenance-trusted-keys", mountPath = "/etc/gantry/provenance-trusted-keys", readOnly = true },
       ]
       image = {
         repository = var.gantry_image_repository
@@ -137,7 +161,7 @@ resource "helm_release" "worker" {
         pullPolicy = "IfNotPresent"
       }
       config = {
-        type          = "kubernetes"
+        type          = "gantry-warm"
         workPool      = var.work_pool_name
         installPolicy = "never"
         baseJobTemplate = {
@@ -153,6 +177,8 @@ resource "helm_release" "worker" {
         { name = "DD_ENV", value = var.environment },
       ]
     }
+    # The deployer's service account (infra/k8s/base/deployer-rbac.yaml), as flow-run Jobs had.
+    serviceAccount = { create = false, name = var.flow_run_service_account }
   })]
 
   depends_on = [helm_release.server]

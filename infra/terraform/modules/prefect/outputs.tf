@@ -9,7 +9,7 @@ output "prefect_api_url" {
 }
 
 output "work_pool_name" {
-  description = "Kubernetes work pool the worker polls; deployments in prefect.yaml target it."
+  description = "Work pool (type gantry-warm) the warm worker polls; deployments in prefect.yaml target it."
   value       = var.work_pool_name
 }
 

@@ -75,13 +75,30 @@ variable "gantry_image_tag" {
 
 variable "work_pool_name" {
   type        = string
-  description = "Kubernetes work pool the worker polls."
+  description = "Work pool (type gantry-warm) the warm worker polls."
   default     = "gantry-kubernetes"
 }
 
 variable "base_job_template_path" {
   type        = string
-  description = "Path of the work pool's base job template JSON (infra/k8s/work-pool/base-job-template.json)."
+  description = "Path of the work pool's base job template JSON (infra/k8s/work-pool/warm-base-job-template.json)."
+}
+
+variable "warm_interpreters" {
+  type        = number
+  description = "Interpreters each worker pod keeps warm (imported Prefect and the pipelines) for the next flow runs."
+  default     = 2
+
+  validation {
+    condition     = var.warm_interpreters >= 1
+    error_message = "At least one warm interpreter."
+  }
+}
+
+variable "flow_run_service_account" {
+  type        = string
+  description = "Service account of the worker pods, whose flow runs start step pods and deploy (infra/k8s/base/deployer-rbac.yaml)."
+  default     = "gantry-deployer"
 }
 
 variable "worker_replicas" {
