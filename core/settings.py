@@ -155,6 +155,9 @@ def prefect_env(settings: StackSettings) -> dict[str, str]:
         "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        # Flow runs prove they are alive this often (Prefect's minimum; its default is 180 s):
+        # the zombie automation (deployments/zombies.py) crashes a run silent for 90 s.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOCAL_STORAGE_PATH": str(settings.state_dir / "results"),
     }

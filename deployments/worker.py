@@ -47,6 +47,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 
 from clients.metrics import get_metrics
 from core.redact import register_secret
+from deployments.crashes import watch_crashes
 from deployments.warm.worker import DEFAULT_WARM_SIZE, PIPELINE_MODULES, WarmWorker
 from flows.steps.sandbox.select import reap_stack_leftovers
 
@@ -264,6 +265,8 @@ async def serve(worker: AnyWorker, with_healthcheck: bool = False) -> None:
     # A worker that starts has no run in flight: sandboxes of this stack are leftovers.
     for name in await reap_stack_leftovers():
         printer(f"removed leftover sandbox {name}")
+    # Crashed runs: steps killed, one retry, GitHub told (deployments/crashes.py).
+    crashes = asyncio.create_task(watch_crashes(), name="gantry-crashes")
     try:
         await worker.start(printer=printer, with_healthcheck=with_healthcheck)
     except asyncio.CancelledError:
@@ -272,6 +275,8 @@ async def serve(worker: AnyWorker, with_healthcheck: bool = False) -> None:
         task.uncancel()
         printer(f"Worker {worker.name!r} stopped!")
     finally:
+        crashes.cancel()
+        await asyncio.gather(crashes, return_exceptions=True)
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
 

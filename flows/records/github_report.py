@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -36,6 +36,8 @@ REPORT_TIMEOUT = 90.0
 # Stage details can quote tool output: only the first line goes to GitHub, shortened, redacted
 # (registered secrets and credential shapes, core.redact) and without control characters.
 _DETAIL_LIMIT = 100
+# The context of a crash that happened while no stage was in flight.
+CRASH_CONTEXT = "run"
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -179,6 +181,21 @@ class StatusReporter:
                 self.repository, self.sha, state, context, description, self.target_url
             ),
         )
+
+    # --- infrastructure crashes (deployments/crashes.py) --------------------------------------
+
+    def run_url(self, flow_run_id: str) -> str | None:
+        """The UI page of another run of this commit (a crashed attempt or its retry)."""
+        return flow_run_url(flow_run_id, self._ui_url)
+
+    async def infrastructure_error(self, stages: Sequence[str], description: str) -> None:
+        """``error``, not ``failure``: the run's infrastructure crashed, not the code.
+
+        Set on each stage the crashed run left pending, so that a retry's own statuses replace
+        them; ``run`` when no stage was in flight.
+        """
+        for stage in stages or (CRASH_CONTEXT,):
+            await self._status(stage, "error", description)
 
     # --- deployments --------------------------------------------------------------------------
 
