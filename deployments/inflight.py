@@ -15,8 +15,13 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
 from core.settings import StackSettings
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 IN_FLIGHT = ("RUNNING", "PENDING", "CANCELLING")
 
@@ -68,17 +73,41 @@ async def cancel_in_flight(settings: StackSettings, timeout: float = 60.0) -> li
             await asyncio.sleep(0.5)
             for run_id in list(pending):
                 current = await client.read_flow_run(run_id)
-                if current.state is not None and current.state.is_final():
-                    ended[str(run_id)] = CancelledRun(
-                        str(run_id), current.name, current.state.name or ""
-                    )
-                    del pending[run_id]
+                state = current.state
+                if state is None or not state.is_final():
+                    continue
+                if not state.is_cancelled():
+                    # Killed for our cancellation, a run may still be recorded Crashed (a worker
+                    # that kills before the run hears why): it was cancelled, and a crash would
+                    # be retried.
+                    note = f"{message} (recorded {state.name} when its process was killed)"
+                    await client.set_flow_run_state(run_id, Cancelled(message=note), force=True)
+                ended[str(run_id)] = CancelledRun(str(run_id), current.name, "Cancelled")
+                del pending[run_id]
         for run_id, run in pending.items():
             # Nobody acted on the cancellation (no worker, a process that hangs): record the
             # end the stack is about to make, rather than a run that looks alive for ever.
             await client.set_flow_run_state(run_id, Cancelled(message=message), force=True)
             ended[str(run_id)] = CancelledRun(str(run_id), run.name, "Cancelled (forced)")
+        await _cancel_retries(client, [run.id for run in runs], message)
     return [ended[str(run.id)] for run in runs]
+
+
+async def _cancel_retries(client: PrefectClient, run_ids: list[UUID], message: str) -> None:
+    """A run recorded Crashed before it was set Cancelled may have been retried meanwhile
+    (deployments/crashes.py): that retry is part of what was cancelled."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.states import Cancelled
+
+    from deployments.crashes import RETRY_OF
+
+    for run_id in run_ids:
+        retries = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{RETRY_OF}{run_id}"]))
+        )
+        for retry in retries:
+            if retry.state is None or not retry.state.is_final():
+                await client.set_flow_run_state(retry.id, Cancelled(message=message), force=True)
 
 
 def kill_run_processes(run_ids: list[str]) -> list[int]:

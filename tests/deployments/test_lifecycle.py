@@ -291,7 +291,8 @@ def test_down_then_removing_the_folder_leaves_nothing_and_a_new_stack_serves_the
     result = cli(first, "down", "--keep-environments", "--json")
     assert result.returncode == 0, result.stderr
     report = as_json(result)
-    assert any(str(run_id) in run and "Cancelled" in run for run in report["cancelled_runs"])
+    cancelled = report["cancelled_runs"]
+    assert any(str(run_id) in run and "Cancelled" in run for run in cancelled), report
     assert not pids_with(marker), "the cancelled run's step runs on"
     assert report["environments_stopped"] == []
     assert {"worker", "engine", "prefect-server"} <= set(report["stopped"])
