@@ -1,6 +1,6 @@
 """Following a pipeline run: a live table of stages on a terminal, plain lines elsewhere.
 
-The first line is printed before the stack is checked and Prefect is loaded (seconds).
+The first line is printed before rich, the settings, the stack's check and Prefect are loaded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from deployments.cli.console import ensure_stack, err, fail, prefect_settings
+import typer
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -45,6 +45,8 @@ def run_display(title: str, as_json: bool) -> Iterator[tuple[Progress, Watch | N
     None: the runner turns changes into ``progress`` lines). With --json, stderr stays quiet
     but for a spinner on a terminal.
     """
+    from deployments.cli.console import err
+
     if as_json:
         with err.status(title) as spinner:
             yield (lambda message: spinner.update(message)), None
@@ -89,12 +91,14 @@ def follow_started(
     on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
 ) -> RunOutcome:
     """Start a run with ``start`` (it returns the run and its pipeline) and follow it."""
+    if not as_json:
+        # Printed at once, before anything slow is loaded: what follows (settings, the stack's
+        # check, Prefect) takes seconds.
+        typer.echo(f"  starting {title}", err=True)
     from core.settings import StackSettings
+    from deployments.cli.console import ensure_stack, fail, prefect_settings
 
     settings = StackSettings()
-    if not as_json:
-        # Printed at once: what follows (the stack's check, Prefect's import) takes seconds.
-        err.print(f"  starting {title} on {settings.prefect_url}", highlight=False)
     ensure_stack(settings, quiet=as_json)
     from deployments.runs import RunError, follow_run
 

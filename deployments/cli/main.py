@@ -122,22 +122,24 @@ def env(as_json: JsonFlag = False) -> None:
 
 
 def trigger(pipeline: str, deployment: str, parameters: dict[str, Any], as_json: bool) -> None:
-    from deployments.cli.console import print_outcome
     from deployments.cli.follow import follow
 
     outcome = follow(pipeline, deployment, parameters, as_json)
+    from deployments.cli.console import print_outcome
+
     print_outcome(outcome, as_json)
     raise typer.Exit(0 if outcome.passed else 1)
 
 
 def target(repo: str, sha: str) -> tuple[str, str]:
     """The repository and full commit SHA the user named, or a usage error."""
-    from deployments.cli.console import fail
     from deployments.cli.target import TargetError, resolve_target
 
     try:
         return resolve_target(repo, sha)
     except TargetError as exc:
+        from deployments.cli.console import fail
+
         raise fail(str(exc)) from None
 
 
