@@ -2,8 +2,12 @@
 
 ``POST /webhooks/github``: the signature's form is checked before the body is read, the body
 is read up to the size cap, the HMAC is checked before anything is parsed, and a delivery is
-recorded in the store before GitHub is answered 202. ``GET /healthz`` says the process lives;
-``GET /readyz`` says whether the store is writable and the Prefect API answers.
+recorded in the store before GitHub is answered 202 (group commit: deliveries arriving
+together share one transaction). The body must arrive within ``webhook_body_timeout``.
+``GET /healthz`` says the process lives; ``GET /readyz`` says whether the store is writable:
+readiness depends on the store alone, since the store is what keeps a delivery through a
+Prefect outage (the Prefect API's reachability is reported beside it, as information).
+The dispatcher runs on its own thread and event loop (``dispatch_thread``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -25,8 +29,10 @@ from starlette.routing import Route
 from clients.metrics import WebhookOutcome, get_metrics
 from clients.retry import RetryPolicy
 from core.logconfig import bind
+from webhooks.dispatch_thread import DispatcherThread
 from webhooks.dispatcher import ClientFactory, Dispatcher
 from webhooks.events import Ignored, PayloadError, action_of, map_event
+from webhooks.group_commit import GroupCommit
 from webhooks.settings import ReceiverSettings
 from webhooks.signature import HEADER, SignatureError, check_format, verify
 from webhooks.store import Delivery, DeliveryStore, StoreError, open_store
@@ -42,12 +48,25 @@ class BodyTooLarge(Exception):
     """The body exceeds the cap (declared or counted while streaming)."""
 
 
+class BodyTooSlow(Exception):
+    """The body did not arrive within its deadline."""
+
+
 class BadRequest(Exception):
     """The request is malformed in a way the caller can fix."""
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without ever holding more than that."""
+async def read_capped(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, refusing more than ``limit`` bytes without ever holding more than that, or
+    taking longer than ``timeout`` seconds in all (BodyTooSlow)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_capped(request, limit)
+    except TimeoutError:
+        raise BodyTooSlow from None
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -77,7 +96,10 @@ class Receiver:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.writer = GroupCommit(store)
         self.dispatcher = dispatcher
+        # Set by the lifespan to the dispatcher thread's wake-up while it runs.
+        self.wake: Callable[[], None] = lambda: None
 
     def _count(self, outcome: WebhookOutcome) -> None:
         get_metrics().webhook_delivery(outcome)
@@ -93,7 +115,21 @@ class Receiver:
             logger.warning("rejected a delivery: %s", exc)
             return self._reject(401, "missing or invalid signature")
         try:
-            body = await read_capped(request, self.settings.webhook_max_body_bytes)
+            body = await read_capped(
+                request,
+                self.settings.webhook_max_body_bytes,
+                self.settings.webhook_body_timeout,
+            )
+        except BodyTooSlow:
+            logger.warning(
+                "rejected a delivery whose body took over %.0f s",
+                self.settings.webhook_body_timeout,
+            )
+            self._count("rejected")
+            # The rest of the body is not read: the connection cannot carry another request.
+            response = _answer(408, error="request body timed out")
+            response.headers["connection"] = "close"
+            return response
         except BodyTooLarge:
             logger.warning(
                 "rejected a delivery over %d bytes", self.settings.webhook_max_body_bytes
@@ -148,7 +184,7 @@ class Receiver:
             last_error=mapped.reason if ignored else None,
         )
         try:
-            new = await asyncio.to_thread(self.store.add, delivery)
+            new = await self.writer.add(delivery)
         except StoreError as exc:
             logger.error("could not record the delivery: %s", exc)
             # Not 202: GitHub shows the failure, and reconciliation asks for it again.
@@ -165,8 +201,15 @@ class Receiver:
             return _answer(202, status="ignored", delivery=delivery_id, reason=mapped.reason)
         self._count("accepted")
         logger.info("accepted %s delivery for the %s pipeline", event, mapped.pipeline)
-        self.dispatcher.wake()
+        self.wake()
         return _answer(202, status="accepted", delivery=delivery_id, pipeline=mapped.pipeline)
+
+    async def _prefect_problem(self) -> Exception | None:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT), self.dispatcher.client_factory() as client:
+                return await client.api_healthcheck()
+        except Exception as exc:
+            return exc
 
     async def healthz(self, request: Request) -> JSONResponse:
         del request
@@ -175,7 +218,9 @@ class Receiver:
     async def readyz(self, request: Request) -> JSONResponse:
         del request
         store, prefect = await asyncio.gather(self._store_state(), self._prefect_state())
-        ready = store == "ok" and prefect == "ok"
+        # Prefect down is no reason to refuse deliveries: they are stored and dispatched
+        # once it is back. A refused delivery (5xx) is one GitHub never retries.
+        ready = store == "ok"
         return _answer(200 if ready else 503, ready=ready, store=store, prefect=prefect)
 
     async def _store_state(self) -> str:
@@ -187,9 +232,10 @@ class Receiver:
         return "ok"
 
     async def _prefect_state(self) -> str:
+        # On a thread with a loop of its own: the Prefect client's setup is CPU the request
+        # loop would otherwise spend between two deliveries' answers.
         try:
-            async with asyncio.timeout(READY_TIMEOUT), self.dispatcher.client_factory() as client:
-                problem = await client.api_healthcheck()
+            problem = await asyncio.to_thread(asyncio.run, self._prefect_problem())
         except Exception as exc:
             problem = exc
         if problem is not None:
@@ -221,18 +267,19 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         del app
-        task = (
-            asyncio.create_task(dispatcher.run(), name="webhook-dispatcher") if dispatch else None
-        )
+        runner = DispatcherThread(dispatcher) if dispatch else None
+        if runner is not None:
+            runner.start()
+            receiver.wake = runner.wake
         try:
             yield
         finally:
-            dispatcher.stop()
-            if task is not None:
+            # uvicorn has drained the requests in flight by now; their writes are done.
+            await receiver.writer.close()
+            if runner is not None:
                 # A dispatch in flight gets a moment to record its run; the store and the
                 # idempotency key cover a dispatch cut short.
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(task, 10)
+                await asyncio.to_thread(runner.stop, 10)
             if store is None:
                 opened.close()
 

@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,6 +180,9 @@ def approval_policies_from_env() -> ApprovalPolicies:
     return _parse_policies(os.environ.get(APPROVAL_ENV, ""))
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
 class StoreSettings(BaseSettings):
     """Where deliveries are recorded; all that tools reading the store need (no secret)."""
 
@@ -223,6 +227,30 @@ class ReceiverSettings(StoreSettings):
     webhook_approval: ApprovalPolicies = Field(default_factory=dict)
     # GANTRY_WEBHOOK_REPOSITORIES: "acme/*,other/svc" or "*"; required (see the module's doc).
     webhook_repositories: str = Field(description="owner/name, owner/* or *, comma-separated")
+    # How many receivers serve the same webhook (set by the deployment): more than one needs
+    # a shared store, or each would keep deliveries the others never see.
+    webhook_replicas: int = Field(default=1, ge=1)
+    # Open connections at most; past it, requests are answered 503 at once.
+    webhook_max_connections: int = Field(default=1000, ge=1)
+    # The unauthenticated part of a request is bounded in time: its headers, then its body.
+    # GitHub gives up on an answer after 10 s, so a slower upload cannot be GitHub's.
+    webhook_header_timeout: float = Field(default=5.0, gt=0)
+    webhook_body_timeout: float = Field(default=10.0, gt=0)
+    # On SIGTERM: stop accepting, let requests in flight finish for up to this long.
+    webhook_drain_seconds: int = Field(default=20, ge=1)
+
+    @field_validator("webhook_replicas")
+    @classmethod
+    def _replicas_share_a_store(cls, value: int, info: ValidationInfo) -> int:
+        store = info.data.get("webhook_store")
+        if value > 1 and not (store and store.startswith(POSTGRES_SCHEMES)):
+            raise ValueError(
+                f"GANTRY_WEBHOOK_REPLICAS is {value}, but the delivery store is a SQLite file: "
+                "each replica would keep deliveries of its own, which the others never "
+                "dispatch and a restart of its pod loses; set GANTRY_WEBHOOK_STORE to a "
+                "postgresql:// URL shared by the replicas"
+            )
+        return value
 
     @field_validator("webhook_repositories")
     @classmethod

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from webhooks.settings import POSTGRES_SCHEMES
 from webhooks.store_model import DONE, MAX_ERROR, Delivery, DeliveryStore, Status, StoreError
 from webhooks.store_sql import PostgresStore, SqliteStore, SqlStore
 
 __all__ = [
     "DONE",
     "MAX_ERROR",
+    "POSTGRES_SCHEMES",
     "Delivery",
     "DeliveryStore",
     "PostgresStore",
@@ -26,8 +28,6 @@ __all__ = [
     "StoreError",
     "open_store",
 ]
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 def open_store(url: str) -> DeliveryStore:

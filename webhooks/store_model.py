@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -51,6 +52,14 @@ class DeliveryStore(ABC):
     @abstractmethod
     def add(self, delivery: Delivery) -> bool:
         """Record ``delivery``; False when its id was already recorded (a duplicate)."""
+
+    def add_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Record several deliveries, ``add``'s answer for each in order.
+
+        A store that can should write them in one transaction (one commit, all or none): the
+        SQL stores do. This default writes them one by one.
+        """
+        return [self.add(delivery) for delivery in deliveries]
 
     @abstractmethod
     def get(self, delivery_id: str) -> Delivery | None: ...

@@ -1,8 +1,9 @@
 """The delivery store on SQLAlchemy Core: one set of statements for SQLite and PostgreSQL.
 
 Each store holds one Engine, so requests reuse pooled connections rather than opening one
-each. Every write is its own transaction and returns only once committed: a delivery is
-durable before GitHub hears 202. Only the upsert (``ON CONFLICT``) is spelled per dialect.
+each. Every write is one transaction (``add_many``: several deliveries, one commit) and
+returns only once committed: a delivery is durable before GitHub hears 202. Only the upsert
+(``ON CONFLICT``) is spelled per dialect.
 Database errors become ``StoreError`` here, with messages that carry neither the payload
 (``hide_parameters``) nor a credential.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import weakref
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,7 +117,7 @@ class SqlStore(DeliveryStore):
             return postgresql.insert(table)
         return sqlite.insert(table)
 
-    def add(self, delivery: Delivery) -> bool:
+    def _add(self, connection: Connection, delivery: Delivery) -> bool:
         deliveries = self.tables.deliveries
         statement = (
             self._insert(deliveries)
@@ -126,8 +127,18 @@ class SqlStore(DeliveryStore):
             # is the answer (1 inserted, 0 a duplicate).
             .execution_options(preserve_rowcount=True)
         )
+        return connection.execute(statement).rowcount == 1
+
+    def add(self, delivery: Delivery) -> bool:
         with self._connect(write=True) as connection:
-            return connection.execute(statement).rowcount == 1
+            return self._add(connection, delivery)
+
+    def add_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        # One transaction, so one commit (one fsync) for the lot: the group commit's write.
+        # Row by row inside it, so that each delivery gets its own answer, a copy of one
+        # earlier in the same batch included (a duplicate).
+        with self._connect(write=True) as connection:
+            return [self._add(connection, delivery) for delivery in deliveries]
 
     def get(self, delivery_id: str) -> Delivery | None:
         deliveries = self.tables.deliveries

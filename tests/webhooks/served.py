@@ -14,6 +14,7 @@ import uvicorn
 
 from tests.webhooks import payloads
 from webhooks.app import create_app
+from webhooks.server import server_config
 from webhooks.settings import ReceiverSettings
 from webhooks.store import DeliveryStore
 
@@ -25,8 +26,8 @@ class ServedReceiver:
         self, settings: ReceiverSettings, store: DeliveryStore | None = None, **options: Any
     ) -> None:
         self.app = create_app(settings, store, **options)
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
+        # The production server's settings (uvloop, httptools, deadlines, connection limit).
+        self.server = uvicorn.Server(server_config(settings, self.app))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

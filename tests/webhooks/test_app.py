@@ -340,12 +340,16 @@ async def test_readyz_is_503_naming_the_store_when_it_is_unwritable(tmp_path: Pa
             assert refused.status_code == 503
 
 
-async def test_readyz_is_503_naming_prefect_when_its_api_is_unreachable(tmp_path: Path) -> None:
+async def test_readyz_is_ready_with_prefect_down_and_says_so(tmp_path: Path) -> None:
+    # Deliveries are stored while Prefect is down and dispatched once it is back: a Prefect
+    # outage must not turn GitHub's deliveries into 5xx (which GitHub never retries).
     down = f"http://127.0.0.1:{free_port()}/api"
     with ServedReceiver(
         receiver_settings(tmp_path), dispatch=False, client_factory=lambda: PrefectClient(down)
     ) as receiver:
         async with httpx.AsyncClient(base_url=receiver.url, timeout=10) as http:
             response = await http.get("/readyz")
-    assert response.status_code == 503
-    assert response.json() == {"ready": False, "store": "ok", "prefect": "unreachable"}
+            accepted = await post(http, "push", payloads.push())
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "store": "ok", "prefect": "unreachable"}
+    assert accepted.status_code == 202
