@@ -121,7 +121,7 @@ def test_several_replicas_refuse_a_sqlite_store(tmp_path: Path) -> None:
         "webhook_repositories": payloads.SERVED,
         "home": tmp_path,
     }
-    with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_REPLICAS is 3.*postgresql://"):
+    with pytest.raises(SettingsError, match=r"GANTRY_WEBHOOK_REPLICAS is 3.*postgresql://"):
         load_settings(**common, webhook_replicas=3)
     with pytest.raises(SettingsError, match="GANTRY_WEBHOOK_REPLICAS"):
         load_settings(**common, webhook_replicas=2, webhook_store=f"sqlite:///{tmp_path}/w.db")
@@ -153,7 +153,7 @@ def test_the_receiver_process_refuses_to_start_with_replicas_on_sqlite(tmp_path:
     assert not (tmp_path / "webhooks.db").exists()
 
 
-async def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
+def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -181,18 +181,18 @@ async def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(tmp_pat
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline and process.poll() is None
-            await asyncio.sleep(0.1)
+            time.sleep(0.1)
         body, headers = payloads.signed("push", payloads.push())
         in_flight = connect(port)
         # Headers and half the body: the request is being read when SIGTERM comes.
         in_flight.sendall(request_head(port, body, headers) + body[: len(body) // 2])
-        await asyncio.sleep(0.3)
+        time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        time.sleep(0.5)
         with pytest.raises(httpx.ConnectError):
-            await deliver(url)
+            httpx.post(f"{url}{URL_PATH}", content=body, headers=headers, timeout=5)
         in_flight.sendall(body[len(body) // 2 :])
-        answer = await asyncio.to_thread(closed_within, in_flight, 20)
+        answer = closed_within(in_flight, 20)
         assert answer is not None and answer.startswith(b"HTTP/1.1 202"), answer
         # uvicorn re-raises the signal once drained: the exit a SIGTERM is expected to give.
         assert process.wait(30) in (0, -signal.SIGTERM)
