@@ -196,6 +196,17 @@ resource "kubernetes_secret_v1" "webhook" {
 
   data = {
     GANTRY_WEBHOOK_SECRET = data.aws_secretsmanager_secret_version.webhook.secret_string
+    # The delivery store every replica shares: the database module's PostgreSQL (its own
+    # tables, gantry_webhook_*). Without it each pod would keep an SQLite file on an emptyDir
+    # that a rollout deletes, acknowledged deliveries with it.
+    GANTRY_WEBHOOK_STORE = format(
+      "postgresql://%s:%s@%s:%d/%s",
+      urlencode(local.database.username),
+      urlencode(local.database.password),
+      var.database_host,
+      var.database_port,
+      var.database_name,
+    )
   }
 }
 
@@ -214,6 +225,9 @@ resource "kubernetes_config_map_v1" "receiver" {
     DD_ENV                           = var.environment
     # The receiver refuses to start without its allowlist: deliveries of others start nothing.
     GANTRY_WEBHOOK_REPOSITORIES = join(",", var.webhook_repositories)
+    # The most replicas the autoscaler may run: above one, the receiver refuses to start on
+    # anything but the shared PostgreSQL store (GANTRY_WEBHOOK_STORE, from the Secret).
+    GANTRY_WEBHOOK_REPLICAS = tostring(var.receiver_max_replicas)
   }
 }
 

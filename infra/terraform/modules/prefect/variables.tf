@@ -135,3 +135,13 @@ variable "webhook_repositories" {
     error_message = "webhook_repositories lists owner/name, owner/* or *, at least one."
   }
 }
+
+variable "receiver_max_replicas" {
+  type        = number
+  default     = 12
+  description = "The most webhook receiver replicas the autoscaler may run (the overlays' HPA maxReplicas); above one the receiver requires the shared PostgreSQL store."
+  validation {
+    condition     = var.receiver_max_replicas >= 1
+    error_message = "receiver_max_replicas must be at least 1."
+  }
+}
