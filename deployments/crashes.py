@@ -102,6 +102,9 @@ async def reap_steps(run_id: UUID) -> list[str]:
         return []
 
 
+CANCEL_STATES = frozenset({StateType.CANCELLING, StateType.CANCELLED})
+
+
 def _same_work(parameters: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(parameters.get(key) for key in SAME_WORK)
 
@@ -127,6 +130,10 @@ async def newer_run(client: PrefectClient, crashed: FlowRun) -> FlowRun | None:
 async def why_not_retried(client: PrefectClient, crashed: FlowRun) -> str | None:
     if any(tag.startswith(RETRY_OF) for tag in crashed.tags):
         return "it was already a retry of a crashed run"
+    # Someone cancelled it: the engine reports the kill that ends a cancel as a crash.
+    history = await client.read_flow_run_states(crashed.id)
+    if any(state.type in CANCEL_STATES for state in history):
+        return "it was cancelled"
     newer = await newer_run(client, crashed)
     if newer is not None:
         return f"a newer run ({newer.name}) replaced it"

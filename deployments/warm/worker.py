@@ -47,6 +47,7 @@ from prefect.workers.base import (
 )
 from pydantic import Field, PrivateAttr
 
+from deployments.crashes import reap_steps
 from deployments.warm import events
 from deployments.warm.environment import job_environment
 from deployments.warm.interpreters import WarmPool, kill_group
@@ -290,8 +291,11 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def cancel_flow_run(self, flow_run_id: UUID) -> None:
         """A run of this worker set to Cancelling: marked Cancelled, its process group killed.
 
-        Cancelled first: the killed engine's own attempt to report a crash is then refused
-        (a final state is kept), so the run never looks Crashed.
+        Cancelled first, then SIGKILL, then its steps' sandboxes reaped by the run's label. Not
+        SIGTERM: Prefect's engine answers SIGTERM by forcing a Crashed state over the Cancelled
+        one, because it tells a cancellation from a crash only through its runner's control
+        channel, which has no public API. The steps run in sessions of their own, so the
+        group's kill does not reach them: the reap does.
         """
         process = self.processes.get(flow_run_id)
         if process is None:
@@ -308,8 +312,15 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             Cancelled(message="Cancelled: the worker killed the flow run's process group."),
             force=True,
         )
-        await self.kill_process_group(process, self.cancel_grace_seconds)
-        logger.info("Cancelled flow run %s: process group %s killed", flow_run_id, process.pid)
+        kill_group(process.pid, signal.SIGKILL)
+        await process.wait()
+        reaped = await reap_steps(flow_run_id)
+        logger.info(
+            "Cancelled flow run %s: process group %s killed, %d step(s) removed",
+            flow_run_id,
+            process.pid,
+            len(reaped),
+        )
 
     async def _cancel_poll_loop(self) -> None:
         """Cancelling runs in flight the event stream did not report (it was down)."""
