@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
@@ -31,8 +30,19 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from rich.console import Console
 from rich.table import Table
 
+from bench.goals import goals_table, percentile
+from bench.receiver_load import load as receiver_load
 from bench.repo import STEP_SECONDS, make_repo, step_argv
 from bench.supply import measure_supply
+from bench.triggers import (
+    BENCH_REPO_ID,
+    BENCH_REPOSITORY,
+    command_seconds,
+    gantry_env,
+    new_commit,
+    signed,
+    webhook_to_first_step,
+)
 from core.ports import free_port, free_port_block
 from core.settings import PR_DEPLOYMENT, StackSettings
 from deployments.demo import prepare_sample_repo
@@ -42,6 +52,10 @@ from flows.steps.sandbox.base import StepSpec
 from flows.steps.sandbox.local import LocalRunner
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GANTRY = Path(sys.executable).with_name("gantry")
+CLI_ROUNDS = 5
+LOAD_COUNT = 1000
+LOAD_RATE = 200.0
 console = Console()
 
 
@@ -116,18 +130,6 @@ async def run_pr(
     return total, wall, tasks
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def signed(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-BENCH_REPO_ID = 4242
-
-
 def bench_git_host(home: Path) -> dict[str, str]:
     """The bench stack's Git host: a folder of its own, where bench/repo is created.
 
@@ -136,7 +138,7 @@ def bench_git_host(home: Path) -> dict[str, str]:
     return {
         "GANTRY_GIT_BASE_URL": (home / "git").as_uri() + "/",
         "GANTRY_ALLOW_FILE_REPOSITORIES": "1",
-        "GANTRY_WEBHOOK_REPOSITORIES": "bench/repo",
+        "GANTRY_WEBHOOK_REPOSITORIES": BENCH_REPOSITORY,
     }
 
 
@@ -148,7 +150,7 @@ async def webhook_burst(settings: StackSettings, secret: str, count: int) -> lis
             "after": "b" * 40,
             "deleted": False,
             "repository": {
-                "full_name": "bench/repo",
+                "full_name": BENCH_REPOSITORY,
                 "id": BENCH_REPO_ID,
                 "default_branch": "main",
             },
@@ -170,57 +172,12 @@ async def webhook_burst(settings: StackSettings, secret: str, count: int) -> lis
         return list(await asyncio.gather(*(one(client) for _ in range(count))))
 
 
-async def webhook_to_first_step(
-    settings: StackSettings, secret: str, repo: Path, sha: str
-) -> float | None:
-    """Seconds from a signed pull_request delivery to the run's first task starting."""
-    number = int(time.time()) % 100000
-    payload = {
-        "action": "opened",
-        "number": number,
-        # No clone URL: the worker clones bench/repo from its Git host (see bench_git_host).
-        "repository": {"full_name": "bench/repo", "id": BENCH_REPO_ID},
-        "pull_request": {
-            "draft": False,
-            "head": {"ref": "bench", "sha": sha, "repo": {"full_name": "bench/repo"}},
-            "base": {"ref": "main", "sha": sha, "repo": {"full_name": "bench/repo"}},
-        },
-    }
-    body = json.dumps(payload).encode()
-    delivery = str(uuid.uuid4())
-    sent = datetime.now().astimezone()
-    async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(
-            settings.webhook_url,
-            content=body,
-            headers={
-                "X-GitHub-Event": "pull_request",
-                "X-GitHub-Delivery": delivery,
-                "X-Hub-Signature-256": signed(secret, body),
-            },
-        )
-        response.raise_for_status()
-    deadline = time.monotonic() + 120
-    async with get_client() as client:
-        while time.monotonic() < deadline:
-            runs = await client.read_flow_runs(limit=200)
-            ours = [r for r in runs if f"delivery:{delivery}" in (r.tags or [])]
-            if ours:
-                tasks = await client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[ours[0].id]))
-                )
-                starts = [t.start_time for t in tasks if t.start_time]
-                if starts:
-                    seconds: float = (min(starts) - sent).total_seconds()
-                    return seconds
-            await asyncio.sleep(0.2)
-    return None
-
-
 async def measure(
-    settings: StackSettings, stack: Stack, deliveries: int, sample: bool
+    settings: StackSettings, stack: Stack, deliveries: int, sample: bool, first_steps: int
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"step_seconds": STEP_SECONDS}
+    # Outside any stack: the CLI's own start-up, as a user typing `gantry --help` sees it.
+    results["cli_help"] = command_seconds([str(GANTRY), "--help"], dict(os.environ), CLI_ROUNDS)
     results["sandbox_cost"] = await asyncio.to_thread(sandbox_cost)
     direct = direct_step_times()
     serial = sum(direct.values())
@@ -250,6 +207,15 @@ async def measure(
             "tasks": tasks_c,
             "over_uncached": wall_c / wall,
         }
+        console.print("`gantry run pr` through the CLI: a new commit, then the same again")
+        cli = [str(GANTRY), "run", "pr", "--repo", str(repo), "--json"]
+        env = gantry_env(settings)
+        cli_sha = new_commit(repo, uuid.uuid4().hex)
+        first_cli = command_seconds([*cli, "--sha", cli_sha], env, 1)[0]
+        results["cli_rerun"] = {
+            "first": first_cli,
+            "cached": command_seconds([*cli, "--sha", cli_sha], env, 1)[0],
+        }
         if _receiver_up(settings):
             secret = stack.webhook_secret()
             console.print(f"Webhook burst: {deliveries} signed deliveries at once")
@@ -260,13 +226,13 @@ async def measure(
                 "p99": percentile(latencies, 0.99),
                 "max": max(latencies),
             }
-            console.print("Webhook to first step")
+            console.print(f"Webhook to first step: {first_steps} deliveries after a warm-up")
             # Deliveries name bench/repo, never its path: it is served from the Git host.
             hosted = settings.state_dir / "git" / "bench" / "repo"
             hosted.parent.mkdir(parents=True, exist_ok=True)
             hosted.symlink_to(repo)
             results["webhook_to_first_step"] = await webhook_to_first_step(
-                settings, secret, repo, sha
+                settings, secret, repo, first_steps
             )
         else:
             console.print("[yellow]the webhook receiver is not up: webhook figures skipped")
@@ -282,7 +248,24 @@ async def measure(
     results["supply"] = await asyncio.to_thread(
         measure_supply, stack.engine.docker_host, stack.registry.address
     )
+    if _receiver_up(settings):
+        results["receiver_load"] = await load_receiver(settings, stack.webhook_secret())
     return results
+
+
+async def load_receiver(settings: StackSettings, secret: str) -> dict[str, Any]:
+    """The receiver under a steady load of pull request openings, dispatcher running.
+
+    Last in the bench: the work pool is paused first, so the dispatcher creates every run in
+    Prefect (its full load on this machine) but none of them runs; the stack is purged after.
+    """
+    console.print(f"Receiver under load: {LOAD_COUNT} signed deliveries at {LOAD_RATE:.0f}/s")
+    async with get_client() as client:
+        await client.update_work_pool(settings.work_pool, WorkPoolUpdate(is_paused=True))
+    figures: dict[str, Any] = await receiver_load(
+        settings.webhook_url, secret, count=LOAD_COUNT, rate=LOAD_RATE
+    )
+    return figures
 
 
 def _receiver_up(settings: StackSettings) -> bool:
@@ -335,9 +318,6 @@ def report(results: dict[str, Any]) -> Table:
             "",
             "",
         )
-    first = results.get("webhook_to_first_step")
-    if first is not None:
-        table.add_row("webhook → first step running", f"{first:.2f} s", "", "")
     sample = results.get("sample_pr")
     if sample:
         table.add_row("sample service PR pipeline wall", f"{sample['flow_wall']:.2f} s", "", "")
@@ -367,6 +347,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--deliveries", type=int, default=50)
     parser.add_argument("--no-sample", action="store_true", help="skip the sample service")
+    parser.add_argument(
+        "--first-steps", type=int, default=5, help="deliveries timed to their first step"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gantry-bench-home-") as home:
         targets = free_port_block(8)  # (staging, production) pairs for the bench's services
@@ -388,9 +371,12 @@ def main() -> int:
                 PREFECT_API_AUTH_STRING: settings.api_auth_string(),
             }
             with temporary_settings(updates=updates):
-                results = asyncio.run(measure(settings, stack, args.deliveries, not args.no_sample))
+                results = asyncio.run(
+                    measure(settings, stack, args.deliveries, not args.no_sample, args.first_steps)
+                )
         finally:
             stack.down(purge=True)
+    console.print(goals_table(results))
     console.print(report(results))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "latest.json"
