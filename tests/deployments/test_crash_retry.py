@@ -9,10 +9,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -27,6 +27,7 @@ from deployments.crashes import RETRIED_AS, RETRY_OF, CrashSettings
 from deployments.stack import Stack
 from deployments.zombies import apply_zombie_automation
 from tests.fakes.github_api import FakeGitHub
+from tests.plugins.deadlines import pids_with, wait_for
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 
 pytestmark = pytest.mark.slow
@@ -35,38 +36,10 @@ PY = sys.executable
 STEP_GONE_SECONDS = 15.0
 # The step each attempt runs: long enough that it would outlive that bound if nobody killed it.
 STEP_SECONDS = 40
-T = TypeVar("T")
 
 
 def hosted(stack: Stack, full_name: str) -> GitRepo:
     return GitRepo(stack.settings.state_dir / "git" / full_name)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], seconds: float) -> T:
-    """Poll until ``probe`` answers (not None, not False); fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:.0f} s")
-        time.sleep(0.2)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids whose argv holds ``marker``: the step's own process carries it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in argv:
-            found.append(int(entry.name))
-    return found
 
 
 def parent_of(pid: int) -> int:
@@ -79,7 +52,7 @@ def parent_of(pid: int) -> int:
 def flow_run_process(marker: str) -> int | None:
     """The flow-run process running the step: bubblewrap's parent (the sandbox's init and the
     step are in their own PID namespace, under bubblewrap)."""
-    for pid in processes_with(marker):
+    for pid in pids_with(marker):
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap"):
                 return parent_of(pid)
@@ -169,7 +142,7 @@ def test_a_run_killed_mid_step_loses_its_step_and_is_retried_once(
     killed_at = kill_mid_step(marker)
 
     # The step's process dies with its attempt, not STEP_SECONDS later.
-    wait_for("the crashed attempt's step gone", lambda: not processes_with(marker), 15)
+    wait_for("the crashed attempt's step gone", lambda: not pids_with(marker), 15)
     assert time.monotonic() - killed_at < STEP_SECONDS
     wait_for("the run marked Crashed", lambda: state_of(crashed_id) == "CRASHED", 60)
 
@@ -206,7 +179,7 @@ def test_a_retry_that_crashes_again_is_not_retried(
     first = start_pr(name, 9302, sha)
     kill_mid_step(marker)
     retry = wait_for("a retry of the crashed run", lambda: one_retry(first), 60)
-    wait_for("the first step gone", lambda: not processes_with(marker), 15)
+    wait_for("the first step gone", lambda: not pids_with(marker), 15)
     kill_mid_step(marker)
     wait_for("the retry marked Crashed", lambda: state_of(retry.id) == "CRASHED", 60)
 
@@ -219,7 +192,7 @@ def test_a_retry_that_crashes_again_is_not_retried(
     wait_for("the second crash reported", handled, 60)
     assert one_retry(retry.id) is None
     assert RETRIED_AS not in " ".join(sync(_read(retry.id)).tags)
-    wait_for("the retry's step gone", lambda: not processes_with(marker), 15)
+    wait_for("the retry's step gone", lambda: not pids_with(marker), 15)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
 from uuid import UUID
 
 import docker
@@ -30,38 +29,12 @@ from core.settings import PR_DEPLOYMENT, StackSettings
 from deployments import engine_leftovers
 from deployments.engine import ContainerEngine
 from deployments.stack import Stack, prefect_client_settings
+from tests.plugins.deadlines import pids_with, wait_for
 from tests.plugins.engine import build_busybox
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.stack import as_json, free_port_pair, gantry, stack_environment
 
 HOST = "127.0.0.1"
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], seconds: float) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:.0f} s")
-        time.sleep(0.2)
-
-
-def pids_with(needle: str) -> list[int]:
-    """Processes whose command line holds ``needle`` (not this one)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if needle.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def port_free(port: int) -> bool:
