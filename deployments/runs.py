@@ -29,7 +29,7 @@ from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.deployments import arun_deployment
 from prefect.states import Cancelling
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core.approvals import (
     ApprovalError,
@@ -39,42 +39,20 @@ from core.approvals import (
     utc_timestamp,
 )
 from core.links import flow_run_url
+
+# What a followed run reports, defined without Prefect for `gantry run` (re-exported here).
+from deployments.cli.api import Progress as Progress
+from deployments.cli.api import RunError as RunError
+from deployments.cli.api import RunOutcome as RunOutcome
+from deployments.cli.api import StageLine as StageLine
+from deployments.cli.api import Watch as Watch
+from deployments.cli.api import progress_lines as progress_lines
 from flows.records.summary import summary_key
 
-Progress = Callable[[str], None]
-# What a followed run looks like at one poll: its state and each stage's (task run's) state.
-Watch = Callable[[str, list[tuple[str, str]]], None]
 # The tag a retry carries, naming the run it repeats.
 RETRY_TAG = "gantry:retry-of:"
 POLL_SECONDS = 0.5
 REFUSAL_LOG_WAIT = 10.0
-
-
-class RunError(RuntimeError):
-    """The run could not be started or followed (bad target, stack not reachable)."""
-
-
-class StageLine(BaseModel):
-    name: str
-    status: str
-    seconds: float
-    detail: str = ""
-
-
-class RunOutcome(BaseModel):
-    """What `gantry run ... --json` prints: one object a script can trust."""
-
-    pipeline: str
-    flow_run_id: str
-    flow_run_name: str
-    url: str
-    state: str
-    passed: bool
-    paused: bool = False
-    seconds: float
-    message: str = ""
-    stages: list[StageLine] = Field(default_factory=list)
-    data: dict[str, Any] = Field(default_factory=dict)
 
 
 async def _task_runs(client: PrefectClient, flow_run_id: uuid.UUID) -> list[TaskRun]:
@@ -88,20 +66,6 @@ async def _stage_states(client: PrefectClient, flow_run_id: uuid.UUID) -> list[t
     return sorted(
         (run.name, ((run.state.name if run.state else None) or "?").lower()) for run in runs
     )
-
-
-def progress_lines(progress: Progress) -> Watch:
-    """A watch that reports each change as one line: "Running | lint: completed, unit: ..."."""
-    last = ""
-
-    def watch(state: str, stages: list[tuple[str, str]]) -> None:
-        nonlocal last
-        line = state + (" | " + ", ".join(f"{n}: {s}" for n, s in stages) if stages else "")
-        if line != last:
-            progress(line)
-            last = line
-
-    return watch
 
 
 async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLine], dict[str, Any]]:
@@ -136,6 +100,13 @@ async def _read_summary(flow_run: FlowRun, pipeline: str) -> tuple[list[StageLin
         )
         for r in rows
     ], {}
+
+
+async def run_summary(flow_run_id: str, pipeline: str) -> tuple[list[StageLine], dict[str, Any]]:
+    """A finished run's stages and what it returned besides them (images, URLs), from its result."""
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(uuid.UUID(flow_run_id))
+    return await _read_summary(flow_run, pipeline)
 
 
 async def start_run(

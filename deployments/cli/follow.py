@@ -1,11 +1,14 @@
 """Following a pipeline run: a live table of stages on a terminal, plain lines elsewhere.
 
 The first line is printed before rich, the settings, the stack's check and Prefect are loaded.
+`gantry run pr` and `merge` start and poll their run through Prefect's REST API with httpx
+(deployments.cli.api): Prefect's client costs seconds of imports, more than a cached re-run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -15,7 +18,14 @@ import typer
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-    from deployments.runs import Progress, RunOutcome, Watch
+    from core.settings import StackSettings
+    from deployments.cli.api import Progress, RunOutcome, Watch
+
+# A cached re-run ends within a second: a short poll sees its end soon after it comes.
+POLL_SECONDS = 0.2
+# Pipelines whose result carries more than its stages (images, URLs): read through Prefect once
+# the run has ended, as the summary table holds only the stages.
+DATA_PIPELINES = {"merge", "release"}
 
 STATE_STYLE = {
     "completed": "green",
@@ -67,6 +77,77 @@ def run_display(title: str, as_json: bool) -> Iterator[tuple[Progress, Watch | N
         yield progress, watch
 
 
+def follow_by_api(
+    settings: StackSettings,
+    pipeline: str,
+    deployment: str,
+    parameters: dict[str, Any],
+    progress: Progress,
+    watch: Watch | None = None,
+    timeout: float = 3600.0,
+) -> RunOutcome:
+    """Create a flow run of ``deployment`` and follow it to its final state with httpx alone.
+
+    Stages come from the run's summary table; ``data`` stays empty (see DATA_PIPELINES).
+    """
+    from deployments.cli.api import (
+        FINAL_STATES,
+        ApiError,
+        RunError,
+        RunOutcome,
+        StageLine,
+        api_client,
+        create_flow_run,
+        flow_run_url,
+        progress_lines,
+        read_flow_run,
+        stage_states,
+        summary_rows,
+    )
+
+    started = time.monotonic()
+    watch = watch or progress_lines(progress)
+    with api_client(settings) as client:
+        try:
+            run = create_flow_run(client, deployment, parameters)
+        except ApiError as exc:
+            raise RunError(f"cannot start {deployment}: {exc}") from None
+        run_id: str = run["id"]
+        url = flow_run_url(settings.prefect_url, run_id)
+        progress(f"{pipeline} run {run['name']} created: {url}")
+        while True:
+            run = read_flow_run(client, run_id)
+            state: dict[str, Any] = run.get("state") or {}
+            kind = state.get("type")
+            watch(state.get("name") or kind or "Pending", stage_states(client, run_id))
+            if kind in FINAL_STATES:
+                break
+            if time.monotonic() - started > timeout:
+                raise RunError(f"{run['name']} did not finish within {timeout:.0f} s: {url}")
+            time.sleep(POLL_SECONDS)
+        # The key flows.records.summary.summary_key gives the table (it imports Prefect).
+        rows = summary_rows(client, run_id, f"{pipeline}-summary")
+    return RunOutcome(
+        pipeline=pipeline,
+        flow_run_id=run_id,
+        flow_run_name=run["name"],
+        url=url,
+        state=state.get("name") or kind,
+        passed=kind == "COMPLETED",
+        seconds=round(time.monotonic() - started, 3),
+        message=state.get("message") or "",
+        stages=[
+            StageLine(
+                name=r["stage"],
+                status=r["status"],
+                seconds=r["seconds"],
+                detail=r.get("detail", ""),
+            )
+            for r in rows
+        ],
+    )
+
+
 def follow(
     pipeline: str,
     deployment: str,
@@ -74,14 +155,41 @@ def follow(
     as_json: bool,
     on_paused: Callable[[FlowRun], Awaitable[bool]] | None = None,
 ) -> RunOutcome:
-    """Start one run of ``deployment`` on the local stack and follow it, showing its progress."""
+    """Start one run of ``deployment`` on the local stack and follow it, showing its progress.
 
-    async def start() -> tuple[FlowRun, str]:
-        from deployments.runs import start_run
+    A run that may pause (``on_paused``: a release's approval) is followed through Prefect's
+    client, which reads and answers the pause; any other through the REST API alone.
+    """
+    title = f"the {pipeline} pipeline"
+    if on_paused is not None:
 
-        return await start_run(deployment, parameters), pipeline
+        async def start() -> tuple[FlowRun, str]:
+            from deployments.runs import start_run
 
-    return follow_started(f"the {pipeline} pipeline", start, as_json, on_paused)
+            return await start_run(deployment, parameters), pipeline
+
+        return follow_started(title, start, as_json, on_paused)
+    if not as_json:
+        # Printed at once, before anything slow is loaded (settings, the stack's check).
+        typer.echo(f"  starting {title}", err=True)
+    from core.settings import StackSettings
+    from deployments.cli.api import ApiError, RunError
+    from deployments.cli.console import ensure_stack, fail, prefect_settings
+
+    settings = StackSettings()
+    ensure_stack(settings, quiet=as_json)
+    with run_display(title, as_json) as display:
+        try:
+            outcome = follow_by_api(settings, pipeline, deployment, parameters, *display)
+        except (ApiError, RunError) as exc:
+            raise fail(str(exc)) from None
+    if pipeline in DATA_PIPELINES:
+        from deployments.runs import run_summary
+
+        with prefect_settings(settings):
+            stages, data = asyncio.run(run_summary(outcome.flow_run_id, pipeline))
+        outcome = outcome.model_copy(update={"stages": stages or outcome.stages, "data": data})
+    return outcome
 
 
 def follow_started(

@@ -1,4 +1,4 @@
-"""`gantry --help`, `gantry status` and argument errors answer without loading Prefect."""
+"""`gantry --help`, `gantry status`, argument errors and `gantry run pr` run without Prefect."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from core.ports import free_port
+from deployments.stack import Stack
+from tests.plugins.gitrepo import GitRepo, gantry_toml
+from tests.plugins.stack import stack_environment
 
 # Runs the real entry point, then prints which top-level packages the process had imported.
 WRAPPER = """
@@ -26,7 +30,9 @@ main()
 """
 
 
-def gantry_modules(*args: str, home: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def gantry_modules(
+    *args: str, home: Path, stack: Stack | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     env = {
         **os.environ,
         "GANTRY_HOME": str(home),
@@ -35,6 +41,8 @@ def gantry_modules(*args: str, home: Path) -> tuple[subprocess.CompletedProcess[
         "GANTRY_WEBHOOK_PORT": str(free_port()),
         "GANTRY_REGISTRY_PORT": str(free_port()),
     }
+    if stack is not None:
+        env.update(stack_environment(stack.settings))
     result = subprocess.run(
         [sys.executable, "-c", WRAPPER, *args],
         capture_output=True,
@@ -76,3 +84,27 @@ def test_help_loads_neither_settings_nor_rich(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "logs" in result.stdout and "retry" in result.stdout
     assert {"pydantic_settings", "httpx", "rich"}.isdisjoint(packages), sorted(packages)
+
+
+@pytest.mark.slow
+def test_run_pr_starts_and_follows_its_run_without_prefect(
+    local_stack: Stack, make_repo: Callable[[str], GitRepo], tmp_path: Path
+) -> None:
+    """`gantry run pr` talks to the REST API with httpx: a cached re-run is not worth seconds
+    of Prefect imports."""
+    repo = make_repo("cli-imports-run")
+    # Its own commands: no other test's cached stages.
+    ok = [sys.executable, "-c", "print('run without prefect')"]
+    repo.commit({"gantry.toml": gantry_toml(lint=ok, static=ok, unit=ok, integration=ok)})
+    args = ("run", "pr", "--repo", str(repo.path), "--sha", "HEAD", "--json")
+    result, packages = gantry_modules(*args, home=tmp_path, stack=local_stack)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    assert [(s["name"], s["status"]) for s in report["stages"]][:4] == [
+        ("lint", "passed"),
+        ("static", "passed"),
+        ("unit", "passed"),
+        ("integration", "passed"),
+    ]
+    assert not any(p.startswith("prefect") for p in packages), sorted(packages)
