@@ -131,6 +131,8 @@ class Stack:
         # Relayed as JSON lines: anything a library prints rather than logs is wrapped too.
         self.worker = ManagedProcess("worker", run_dir, json_logs=True)
         self.receiver = ManagedProcess("webhooks", run_dir, json_logs=True)
+        # The receiver only records deliveries; this process turns them into flow runs.
+        self.dispatcher = ManagedProcess("webhook-dispatcher", run_dir, json_logs=True)
         self.registry = Registry(
             self.settings.state_dir / "registry", self.settings.registry_port, self.settings.host
         )
@@ -263,6 +265,9 @@ class Stack:
         if not self.receiver.running():
             progress("starting the webhook receiver")
             self._start_receiver()
+        if not self.dispatcher.running():
+            progress("starting the webhook dispatcher")
+            self._start_dispatcher()
         return self.status()
 
     def secure_state(self, warn: Progress = _log_warning) -> None:
@@ -294,9 +299,25 @@ class Stack:
         env = worker_env(self.settings)
         env["GANTRY_WEBHOOK_SECRET"] = self.webhook_secret()
         env.setdefault("GANTRY_WEBHOOK_REPOSITORIES", "*")  # loopback only; see README
+        # Dispatching is the dispatcher process's: its CPU never delays the receiver's answers.
+        env["GANTRY_WEBHOOK_DISPATCHER"] = "process"
         self.receiver.start([venv_bin("gantry"), "webhooks", "serve"], env, cwd=PROJECT_DIR)
         if not wait_until(self._receiver_up, 60, 0.3):
             raise StackError(f"the webhook receiver did not start:\n{self.receiver.log_tail()}")
+
+    def _start_dispatcher(self) -> None:
+        # No webhook secret: the dispatcher reads the store and talks to Prefect, nothing more.
+        env = worker_env(self.settings)
+        env.pop("GANTRY_WEBHOOK_SECRET", None)
+        argv = [sys.executable, "-m", "webhooks.dispatch_process"]
+        self.dispatcher.start(argv, env, cwd=PROJECT_DIR)
+        if not wait_until(self._dispatcher_started, 60, 0.2):
+            raise StackError(f"the webhook dispatcher did not start:\n{self.dispatcher.log_tail()}")
+
+    def _dispatcher_started(self) -> bool:
+        if not self.dispatcher.running():
+            return False
+        return "dispatcher started" in self.dispatcher.log_tail(50)
 
     def _receiver_up(self) -> bool:
         try:
@@ -359,6 +380,8 @@ class Stack:
         report = DownReport()
         if self.receiver.stop():  # first: no new run starts while the others end
             report.stopped.append("webhooks")
+        if self.dispatcher.stop():
+            report.stopped.append("webhook-dispatcher")
         cancelled = []
         if self.server.healthy():
             # Without a worker nobody acts on Cancelling: end them at once, then their processes.
@@ -417,6 +440,12 @@ class Stack:
                 f"pool {s.work_pool}{self._warm_detail()}",
             ),
             PartStatus("webhooks", s.webhook_url, self._receiver_up()),
+            PartStatus(
+                "webhook-dispatcher",
+                s.prefect_url,
+                self.dispatcher.running(),
+                "stored deliveries to flow runs",
+            ),
             PartStatus("engine", self.engine.docker_host, self.engine.is_up()),
             PartStatus("registry", self.registry.url, self.registry.is_up()),
         ]

@@ -7,7 +7,9 @@ together share one transaction). The body must arrive within ``webhook_body_time
 ``GET /healthz`` says the process lives; ``GET /readyz`` says whether the store is writable:
 readiness depends on the store alone, since the store is what keeps a delivery through a
 Prefect outage (the Prefect API's reachability is reported beside it, as information).
-The dispatcher runs on its own thread and event loop (``dispatch_thread``).
+The dispatcher runs on its own thread and event loop (``dispatch_thread``), or, with
+``GANTRY_WEBHOOK_DISPATCHER=process`` (the local stack), in a process of its own
+(``dispatch_process``) that reads the same store.
 """
 
 from __future__ import annotations
@@ -252,7 +254,8 @@ def create_app(
     client_factory: ClientFactory = get_client,
 ) -> Starlette:
     """The ASGI app. It opens the store named by the settings unless given one, and runs the
-    dispatcher for its lifetime when ``dispatch`` is true."""
+    dispatcher on a thread for its lifetime when ``dispatch`` is true and the settings do not
+    leave dispatching to a separate process (``webhook_dispatcher``)."""
     opened = store or open_store(settings.store_url)
     dispatcher = Dispatcher(
         opened,
@@ -267,7 +270,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         del app
-        runner = DispatcherThread(dispatcher) if dispatch else None
+        threaded = dispatch and settings.webhook_dispatcher == "thread"
+        runner = DispatcherThread(dispatcher) if threaded else None
         if runner is not None:
             runner.start()
             receiver.wake = runner.wake

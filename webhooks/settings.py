@@ -14,6 +14,7 @@ import os
 import re
 from functools import cache
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -207,7 +208,20 @@ class StoreSettings(BaseSettings):
         return f"sqlite:///{self.state_dir / 'webhooks.db'}"
 
 
-class ReceiverSettings(StoreSettings):
+class DispatchSettings(StoreSettings):
+    """What the dispatcher needs: the store, its polls and its backoff (no secret)."""
+
+    # The dispatcher in the receiver is woken on each delivery; this poll is only a safety net.
+    webhook_poll_seconds: float = Field(default=30.0, gt=0)
+    # The dispatcher in its own process (webhooks.dispatch_process) is not woken: it polls.
+    webhook_dispatch_poll_seconds: float = Field(default=0.1, gt=0)
+    # ...at this lower CPU priority (os.nice), so that the receiver gets the CPU first.
+    webhook_dispatch_niceness: int = Field(default=10, ge=0, le=19)
+    webhook_backoff_initial: float = Field(default=0.5, gt=0)
+    webhook_backoff_cap: float = Field(default=30.0, gt=0)
+
+
+class ReceiverSettings(DispatchSettings):
     """Where the receiver listens, which secrets it accepts and where it records deliveries."""
 
     webhook_secret: SecretStr = Field(description="the secret set on the GitHub webhook")
@@ -216,10 +230,9 @@ class ReceiverSettings(StoreSettings):
     host: str = "127.0.0.1"
     webhook_port: int = Field(default=8787, ge=1, le=65535)
     webhook_max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1024)
-    # The dispatcher is woken on each delivery; this poll is only a safety net.
-    webhook_poll_seconds: float = Field(default=30.0, gt=0)
-    webhook_backoff_initial: float = Field(default=0.5, gt=0)
-    webhook_backoff_cap: float = Field(default=30.0, gt=0)
+    # "thread": the receiver dispatches on a thread of its own; "process": it only records,
+    # and a separate dispatcher process (webhooks.dispatch_process) dispatches.
+    webhook_dispatcher: Literal["thread", "process"] = "thread"
     # GANTRY_WEBHOOK_APPROVAL, per repository full name (or "*" for all others): who runs at
     # once and the approval label, e.g. {"acme/api": {"approval_label": "ok-to-test"}}; see
     # docs/security.md. Declared here so that a bad value refuses to start the receiver; the
@@ -282,15 +295,27 @@ class ReceiverSettings(StoreSettings):
         return (self.webhook_secret, self.webhook_secret_previous)
 
 
+_S = TypeVar("_S", bound=StoreSettings)
+
+
+def load_dispatch_settings(**overrides: object) -> DispatchSettings:
+    """The dispatcher's settings, validation errors as one message without values."""
+    return _load(DispatchSettings, "the dispatcher", overrides)
+
+
 def load_settings(**overrides: object) -> ReceiverSettings:
     """Read the settings, turning validation errors into one clear message without values."""
+    return _load(ReceiverSettings, "the webhook receiver", overrides)
+
+
+def _load(kind: type[_S], who: str, overrides: dict[str, object]) -> _S:
     try:
-        return ReceiverSettings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except SourceError as exc:
         # A JSON-valued variable (GANTRY_WEBHOOK_APPROVAL) that is not JSON; no value shown.
         found = re.search(r'field "(\w+)"', str(exc))
         env = f"GANTRY_{found.group(1).upper()}" if found else "a GANTRY_* variable"
-        raise SettingsError(f"the webhook receiver cannot start: {env} is not valid JSON") from None
+        raise SettingsError(f"{who} cannot start: {env} is not valid JSON") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -300,4 +325,4 @@ def load_settings(**overrides: object) -> ReceiverSettings:
             if error["type"] == "missing":
                 message = "is not set"
             problems.append(f"{env}: {message}" if env not in message else message)
-        raise SettingsError("the webhook receiver cannot start: " + "; ".join(problems)) from None
+        raise SettingsError(f"{who} cannot start: " + "; ".join(problems)) from None

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 
+from core.ports import free_port
+from core.settings import StackSettings
 from deployments.stack import Stack
 from tests.fakes.github_api import FakeGitHub
 from tests.plugins.gitrepo import GitRepo, gantry_toml
@@ -124,10 +127,15 @@ def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
     assert all(r.headers["authorization"] == f"Bearer {session_github.token}" for r in statuses)
     time.sleep(2)
     assert len(runs_for(delivery)) == 1
+    # The receiver only recorded the delivery; the stack's dispatcher process made its run.
+    dispatched = f"dispatched as flow run {runs[0].name} ({runs[0].id})"
+    assert dispatched in local_stack.dispatcher.log_file.read_text(errors="replace")
+    assert "dispatched as flow run" not in local_stack.receiver.log_file.read_text(errors="replace")
     # No secret in any log line: the run's logs in Prefect, the worker's and the receiver's.
     lines = run_logs(runs[0].id)
     lines.append(local_stack.worker.log_file.read_text(errors="replace"))
     lines.append(local_stack.receiver.log_file.read_text(errors="replace"))
+    lines.append(local_stack.dispatcher.log_file.read_text(errors="replace"))
     everything = "\n".join(lines)
     assert "lint" in everything  # the logs were really read
     for secret in (session_github.token, WEBHOOK_SECRET, local_stack.webhook_secret()):
@@ -167,3 +175,21 @@ def test_a_repository_off_the_allowlist_starts_nothing(local_stack: Stack) -> No
     assert post(local_stack, "pull_request", payload, delivery, WEBHOOK_SECRET) == 202
     time.sleep(3)
     assert runs_for(delivery) == []
+
+
+def test_down_stops_the_dispatcher_process(tmp_path: Path) -> None:
+    # The dispatcher alone (no Prefect server: it keeps polling an empty store meanwhile).
+    settings = StackSettings(home=tmp_path, prefect_port=free_port(), webhook_port=free_port())
+    stack = Stack(settings)
+    stack.secure_state()
+    stack._start_dispatcher()
+    pid = stack.dispatcher.pid()
+    try:
+        assert pid is not None
+        assert "webhook-dispatcher" in {part.name for part in stack.status() if part.up}
+        report = stack.down()
+    finally:
+        stack.dispatcher.stop()
+    assert "webhook-dispatcher" in report.stopped
+    assert not Path(f"/proc/{pid}").exists()
+    assert not stack.dispatcher.running()

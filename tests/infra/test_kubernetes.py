@@ -47,7 +47,12 @@ def of_kind(overlay: str, kind: str) -> Iterator[Manifest]:
 
 def receiver_container(overlay: str) -> Manifest:
     deployment = find(overlay, "Deployment", "gantry-receiver")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # The pod also runs the dispatcher container (webhooks.dispatch_process).
+    (container,) = [
+        each
+        for each in deployment["spec"]["template"]["spec"]["containers"]
+        if each["name"] == "receiver"
+    ]
     assert isinstance(container, dict)
     return container
 

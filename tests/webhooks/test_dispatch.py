@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +27,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Running
 
+from core.settings import prefect_env
 from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
@@ -271,6 +275,48 @@ async def test_a_refused_delivery_fails_and_a_missing_deployment_blocks_nothing(
     assert kept.last_error is not None and "ObjectNotFound" in kept.last_error
     failed = store.get(refused.id)
     assert failed is not None and failed.last_error
+
+
+async def test_the_dispatcher_process_dispatches_what_a_receiver_without_one_stored(
+    deployed: PrefectServer, tmp_path: Path, prefect: PrefectClient
+) -> None:
+    settings = receiver_settings(tmp_path).model_copy(update={"webhook_dispatcher": "process"})
+    delivery_id = payloads.new_delivery_id()
+    with ServedReceiver(settings) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=15) as http:
+            payload = payloads.pull_request(number=700)
+            assert (await post(http, "pull_request", payload, delivery_id)).status_code == 202
+        # Time enough for a dispatcher thread, were one running: the receiver only records.
+        await asyncio.sleep(2)
+        stored = served.store.get(delivery_id)
+        assert stored is not None and stored.status == "pending"
+
+    env = {
+        **os.environ,
+        **prefect_env(deployed.settings),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "GANTRY_HOME": str(tmp_path),
+    }
+    env.pop("GANTRY_WEBHOOK_STORE", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "webhooks.dispatch_process",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        store = SqliteStore(tmp_path / "webhooks.db")
+        await eventually(dispatched(store, delivery_id), timeout=60)
+        # Below the receiver's CPU priority: field 19 of /proc/PID/stat is the nice value.
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[16]) == 10
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, output.decode(errors="replace")[-2000:]
+    assert len(await runs_tagged(prefect, f"delivery:{delivery_id}")) == 1
 
 
 async def test_deliveries_during_a_prefect_outage_are_kept_and_dispatched_once_after(

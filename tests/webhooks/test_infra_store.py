@@ -52,11 +52,19 @@ def test_terraform_tells_the_receiver_it_runs_with_several_replicas() -> None:
 def test_the_receiver_deployment_reads_its_store_from_the_secret_and_drains() -> None:
     deployment = yaml.safe_load((INFRA / "k8s" / "base" / "receiver-deployment.yaml").read_text())
     pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {item["name"]: item for item in container["env"]}
-    assert env["GANTRY_WEBHOOK_STORE"]["valueFrom"]["secretKeyRef"] == {
-        "name": "gantry-webhook",
-        "key": "GANTRY_WEBHOOK_STORE",
-    }
+    containers = {container["name"]: container for container in pod["containers"]}
+    assert set(containers) == {"receiver", "dispatcher"}
+    for container in containers.values():
+        env = {item["name"]: item for item in container["env"]}
+        assert env["GANTRY_WEBHOOK_STORE"]["valueFrom"]["secretKeyRef"] == {
+            "name": "gantry-webhook",
+            "key": "GANTRY_WEBHOOK_STORE",
+        }
+    # The receiver leaves dispatching to the dispatcher container, which holds no secret of
+    # GitHub's.
+    receiver_env = {item["name"]: item for item in containers["receiver"]["env"]}
+    assert receiver_env["GANTRY_WEBHOOK_DISPATCHER"]["value"] == "process"
+    assert containers["dispatcher"]["command"][-1] == "webhooks.dispatch_process"
+    assert "GANTRY_WEBHOOK_SECRET" not in {item["name"] for item in containers["dispatcher"]["env"]}
     # Longer than the receiver's drain (20 s), so requests in flight are answered.
     assert pod["terminationGracePeriodSeconds"] > 20
