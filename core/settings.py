@@ -74,6 +74,8 @@ class StackSettings(BaseSettings):
     staging_port: int = Field(default=8801, ge=1, le=65535)
     production_port: int = Field(default=8802, ge=1, le=65535)
     work_pool: str = WORK_POOL
+    # Flow runs the local worker runs at once (GANTRY_WORKER_LIMIT); more wait in the pool.
+    worker_limit: int = Field(default=4, ge=1, le=64)
     # GANTRY_PREFECT_AUTH_STRING: the operator's own Prefect API credential (user:password);
     # unset, one is generated once into the state folder.
     prefect_auth_string: SecretStr | None = None

@@ -255,6 +255,10 @@ class Stack:
                 worker_type(),
                 "--name",
                 f"{self.settings.work_pool}-worker",
+                # Bounded: a worker that submits a whole backlog at once overloads the Prefect
+                # server, whose refusals then crash runs (tests/faults/test_backlog.py).
+                "--limit",
+                str(self.settings.worker_limit),
             ]
             if worker_type() == "warm":
                 # Warm interpreters (deployments/warm/): `gantry status` shows this file.
@@ -383,7 +387,9 @@ class Stack:
         if self.dispatcher.stop():
             report.stopped.append("webhook-dispatcher")
         cancelled = []
-        if self.server.healthy():
+        # Ours only: whatever else answers on the port (another stack's server) is not ours
+        # to cancel runs on.
+        if self.server.process.running() and self.server.healthy():
             # Without a worker nobody acts on Cancelling: end them at once, then their processes.
             timeout = CANCEL_TIMEOUT if self.worker.running() else 0.0
             with prefect_client_settings(self.settings):
