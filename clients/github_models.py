@@ -5,17 +5,64 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 CommitState = Literal["error", "failure", "pending", "success"]
 DeploymentState = Literal[
     "error", "failure", "inactive", "in_progress", "queued", "pending", "success"
 ]
+CheckRunStatus = Literal["queued", "in_progress", "completed"]
+CheckConclusion = Literal[
+    "success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required"
+]
+AnnotationLevel = Literal["notice", "warning", "failure"]
 
 
 class _GitHubModel(BaseModel):
     # hide_input_in_errors: a rejected token answer must not be echoed into a traceback.
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+
+class CheckAnnotation(BaseModel):
+    """One line of code a check run points at (``output.annotations[]`` of the Checks API).
+
+    Made by Gantry from a tool's machine-readable report, so it is strict on the way in:
+    ``path`` is relative to the repository root, lines start at 1, and columns are kept only
+    on a one-line annotation (GitHub refuses them otherwise).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, max_length=1024)
+    start_line: int = Field(ge=1)
+    end_line: int = Field(ge=1)
+    annotation_level: AnnotationLevel = "failure"
+    message: str = Field(min_length=1, max_length=65_535)
+    title: str | None = Field(default=None, max_length=255)
+    raw_details: str | None = Field(default=None, max_length=65_535)
+    start_column: int | None = Field(default=None, ge=1)
+    end_column: int | None = Field(default=None, ge=1)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON GitHub takes: unset fields left out, columns only on one line."""
+        data = self.model_dump(exclude_none=True)
+        if self.start_line != self.end_line:
+            data.pop("start_column", None)
+            data.pop("end_column", None)
+        return data
+
+
+class CheckRun(_GitHubModel):
+    """``POST``/``PATCH /repos/{owner}/{repo}/check-runs``: the fields Gantry reads back."""
+
+    id: int
+    name: str
+    head_sha: str
+    status: CheckRunStatus
+    conclusion: CheckConclusion | None = None
+    external_id: str | None = None
+    details_url: str | None = None
+    html_url: str | None = None
 
 
 class CommitStatus(_GitHubModel):
