@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -203,12 +202,10 @@ def test_retry_call_does_not_retry_what_is_not_transient() -> None:
 def test_retry_call_stops_when_the_wait_budget_is_spent() -> None:
     policy = RetryPolicy(attempts=50, backoff=0.02, backoff_cap=0.02, max_wait=0.05)
     call = FailsThenAnswers(*(Flaky("blip") for _ in range(50)))
-    started = time.monotonic()
     with pytest.raises(Flaky):
         retry_call(call, transient=is_flaky, policy=policy)
     # Sleeps of 0.01-0.02 s each within 0.05 s: at most five sleeps, so at most six tries.
     assert 3 <= call.tries <= 6
-    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.anyio

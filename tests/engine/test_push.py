@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,16 +99,13 @@ def test_push_retries_while_the_registry_is_down_and_succeeds_when_it_comes_up(
     starter = _StartOnFirstRetry(late)
     retry_log.addHandler(starter)
     try:
-        started = time.monotonic()
         result = push_all(built, late.address, policy=_quick(4, 0.2, 0.5), logger=retry_log)
-        elapsed = time.monotonic() - started
     finally:
         retry_log.removeHandler(starter)
         late.stop(purge=True)
     assert result.status == StageStatus.PASSED, result.detail
     assert _retries(caplog) == 1, "the first attempt failed, the second reached the registry"
     assert result.data["images"]["api"]["digest"].startswith("sha256:")
-    assert elapsed < 60
 
 
 def test_push_to_a_registry_that_stays_down_fails_after_bounded_attempts(

@@ -98,10 +98,8 @@ def test_base_image_is_made_once_and_reused(
     docker_api: docker.DockerClient, python_base_image: str, tmp_path: Path
 ) -> None:
     before = docker_api.images.get(python_base_image).id
-    started_at = time.monotonic()
     # An empty cache folder: re-use must come from the engine, not from a rebuild.
     assert ensure_base_image(docker_api, cache_dir=tmp_path / "empty-cache") == python_base_image
-    assert time.monotonic() - started_at < 5
     assert docker_api.images.get(python_base_image).id == before
     assert not (tmp_path / "empty-cache").exists()
     check = "import http.server, json; print('ok')"

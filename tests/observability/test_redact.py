@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -201,10 +200,10 @@ def test_filter_survives_a_broken_format_string(
     assert "two" in output
 
 
-@pytest.mark.timeout(20)
+# A kill switch, not a measure: linear redaction of 400,000 characters takes well under a
+# second, a quadratic one (backtracking over the chain) hours, so only a regression trips it.
+@pytest.mark.timeout(60)
 def test_long_identifier_chains_are_redacted_in_linear_time() -> None:
-    text = "a_" * 20000 + " ci_token=chainsecret1"
-    began = time.monotonic()
+    text = "a_" * 200_000 + " ci_token=chainsecret1"
     result = redact(text)
-    assert time.monotonic() - began < 2.0
     assert "chainsecret1" not in result

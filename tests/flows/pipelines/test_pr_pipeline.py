@@ -93,7 +93,8 @@ def test_a_stage_that_hangs_is_stopped_at_its_timeout(make_repo: Callable[[str],
     unit = next(s for s in summary.stages if s.name == "unit")
     assert unit.status.value == "failed"
     assert unit.detail.startswith("timed out after")
-    assert unit.seconds < 60
+    # Ended before its command could have: the timeout stopped it.
+    assert unit.seconds < 120
     assert statuses(summary)["static"] == "skipped"
 
 

