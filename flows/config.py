@@ -31,10 +31,53 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def inside_the_checkout(value: str) -> str:
+    """``value`` unchanged if it is a relative path that stays inside the checkout (lexically)."""
+    path = PurePosixPath(value)
+    if (
+        not value.strip()
+        or "\0" in value
+        or path.is_absolute()
+        or PureWindowsPath(value).is_absolute()
+        or value.startswith("~")
+    ):
+        raise ValueError(f"{value!r} must be a relative path inside the repository")
+    if ".." in path.parts or ".." in PureWindowsPath(value).parts:
+        raise ValueError(f"{value!r} must not contain '..': it stays inside the repository")
+    return value
+
+
 # What a step's sandbox may reach: "none" (its own loopback only, the default) or "outside"
 # (the internet, never the host's loopback services nor the cloud metadata address). E2E and
 # smoke always get "target" (the environment under test) in addition to what they declare.
 StepNetwork = Literal["none", "outside"]
+
+
+# The machine-readable reports Gantry turns into check-run annotations (flows/steps/annotations.py).
+ReportFormat = Literal["ruff", "mypy", "junit"]
+
+
+class Report(_Strict):
+    """A check's report: ``report = {format = "ruff", path = "ruff.json"}``.
+
+    The step writes it into the checkout; Gantry deletes any file at ``path`` before the step
+    runs and reads it afterwards, so the path must name a file inside the checkout, and never
+    one in ``.git`` (the trusted side reads that repository).
+    """
+
+    format: ReportFormat
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _a_file_inside_the_checkout(cls, value: str) -> str:
+        inside_the_checkout(value)
+        parts = PurePosixPath(value.replace("\\", "/")).parts
+        if not parts or value.endswith(("/", "\\")):
+            raise ValueError(f"{value!r} must name a file inside the repository")
+        if ".git" in parts:
+            raise ValueError(f"{value!r} must not be inside .git")
+        return value
 
 
 class CheckStep(_Strict):
@@ -45,6 +88,7 @@ class CheckStep(_Strict):
     inputs: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     network: StepNetwork = "none"
+    report: Report | None = None
 
     @field_validator("command")
     @classmethod
@@ -111,18 +155,7 @@ class Deploy(_Strict):
     @classmethod
     def _inside_the_checkout(cls, value: str) -> str:
         # Lexically here; the deploy stage resolves symlinks against the checkout itself.
-        path = PurePosixPath(value)
-        if (
-            not value.strip()
-            or "\0" in value
-            or path.is_absolute()
-            or PureWindowsPath(value).is_absolute()
-            or value.startswith("~")
-        ):
-            raise ValueError(f"{value!r} must be a relative path inside the repository")
-        if ".." in path.parts or ".." in PureWindowsPath(value).parts:
-            raise ValueError(f"{value!r} must not contain '..': it stays inside the repository")
-        return value
+        return inside_the_checkout(value)
 
 
 class E2E(_Strict):
@@ -191,13 +224,19 @@ def _describe(error: dict[str, object]) -> str:
     if parts[-1:] == ["command"] and len(parts) == 3 and parts[0] == "checks" and kind != "missing":
         parts = parts[:2]
     location = ".".join(parts) or "<root>"
+    report = parts[:1] == ["checks"] and parts[2:3] == ["report"]
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
         message = "missing (required)"
+    elif kind in {"model_type", "dict_type"} and report:
+        message = 'expected a table such as {format = "ruff", path = "ruff.json"}'
     elif kind in {"model_type", "dict_type"}:
         message = "expected an argv list of strings or a table"
+    if report:
+        # The argv hint below is about commands, not reports.
+        return f"{location}: {message}"
     if "expected" not in message and ("command" in parts or parts[:1] == ["checks"]):
         message = f'{message}; expected an argv list of strings such as ["pytest", "-q"]'
     return f"{location}: {message}"

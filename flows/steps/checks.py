@@ -8,9 +8,10 @@ from prefect import task
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from flows.config import Checks, Sandbox
-from flows.logs import step_logger
+from flows.config import Checks, Report, Sandbox
+from flows.logs import StepLogger, step_logger
 from flows.results import StageResult, StageStatus, stage_state
+from flows.steps.annotations import ReportError, load_annotations, remove_report
 from flows.steps.cache import CACHE_EXPIRATION, CHECK_CACHE_POLICY
 from flows.steps.sandbox.select import run_step
 
@@ -33,6 +34,9 @@ async def run_check(
             StageResult(name=stage, status=StageStatus.SKIPPED, detail="not declared")
         )
     timeout = checks.timeout_for(stage)
+    if step.report is not None and remove_report(workspace, step.report.path):
+        # A committed or stale report would annotate code this run never looked at.
+        logger.info("%s: removed an existing %s before the run", stage, step.report.path)
     logger.info("%s: running %s (timeout %.0f s)", stage, step.command, timeout)
     # Repository code: only ever in a sandbox. Its [sandbox] comes from the gantry.toml the
     # pipeline parsed before any step ran: a step can rewrite the checkout's copy.
@@ -49,6 +53,9 @@ async def run_check(
     status = StageStatus.PASSED if result.ok else StageStatus.FAILED
     detail = "" if result.ok else result.describe()
     logger.info("%s: %s in %.1f s %s", stage, status.value, result.seconds, detail)
+    data: dict[str, object] = {"flow_run_id": str(flow_run.get_id() or "")}
+    if step.report is not None:
+        data["annotations"] = read_annotations(stage, step.report, workspace, logger)
     return stage_state(
         StageResult(
             name=stage,
@@ -57,7 +64,40 @@ async def run_check(
             exit_code=result.exit_code,
             tail=result.tail,
             detail=detail,
-            # A later run that re-uses this result names the run it came from.
-            data={"flow_run_id": str(flow_run.get_id() or "")},
+            # flow_run_id: a later run that re-uses this result names the run it came from.
+            data=data,
         )
     )
+
+
+# Lines of annotations copied into the stage's log: with --output-file the tool prints nothing.
+LOGGED_ANNOTATIONS = 20
+
+
+def read_annotations(
+    stage: str, report: Report, workspace: Path, logger: StepLogger
+) -> list[dict[str, object]]:
+    """The report's annotations as GitHub payloads; a missing or broken report gives none."""
+    try:
+        annotations = load_annotations(report, workspace)
+    except ReportError as exc:
+        logger.warning(
+            "%s: report %s (%s) %s; no annotations", stage, report.path, report.format, exc
+        )
+        return []
+    except Exception as exc:  # a parser bug on hostile input must not fail a check
+        logger.warning(
+            "%s: report %s (%s) could not be parsed (%s); no annotations",
+            stage,
+            report.path,
+            report.format,
+            type(exc).__name__,
+        )
+        return []
+    logger.info("%s: %d annotation(s) from %s", stage, len(annotations), report.path)
+    for annotation in annotations[:LOGGED_ANNOTATIONS]:
+        first_line = annotation.message.splitlines()[0] if annotation.message else ""
+        logger.info("%s:%d: %s", annotation.path, annotation.start_line, first_line[:300])
+    if len(annotations) > LOGGED_ANNOTATIONS:
+        logger.info("… and %d more", len(annotations) - LOGGED_ANNOTATIONS)
+    return [annotation.payload() for annotation in annotations]

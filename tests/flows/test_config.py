@@ -125,3 +125,48 @@ def test_a_nested_relative_manifests_path_is_accepted() -> None:
     config = parse_config('[deploy]\nmanifests = "infra/k8s"\n')
     assert config.deploy is not None
     assert config.deploy.manifests == "infra/k8s"
+
+
+def test_a_check_declares_its_report_as_a_table() -> None:
+    config = parse_config(
+        '[checks.lint]\ncommand = ["ruff", "check"]\n'
+        'report = {format = "ruff", path = "reports/ruff.json"}\n'
+    )
+    lint = config.checks.lint
+    assert lint is not None and lint.report is not None
+    assert (lint.report.format, lint.report.path) == ("ruff", "reports/ruff.json")
+    assert parse_config('[checks]\nlint = ["ruff"]\n').checks.lint.report is None  # type: ignore[union-attr]
+
+
+REPORT_PREFIX = '[checks.lint]\ncommand = ["ruff"]\nreport = '
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (
+            '{format = "eslint", path = "r.json"}',
+            "format: Input should be 'ruff', 'mypy' or 'junit'",
+        ),
+        ('{format = "ruff", path = "/tmp/r.json"}', "path: '/tmp/r.json' must be a relative path"),
+        ('{format = "ruff", path = "~/r.json"}', "path: '~/r.json' must be a relative path"),
+        ('{format = "ruff", path = "../r.json"}', "path: '../r.json' must not contain '..'"),
+        ('{format = "ruff", path = "a/../../r.json"}', "must not contain '..'"),
+        ('{format = "ruff", path = "C:\\\\r.json"}', "must be a relative path"),
+        ('{format = "ruff", path = ".git/HEAD"}', "path: '.git/HEAD' must not be inside .git"),
+        ('{format = "ruff", path = "."}', "path: '.' must name a file"),
+        ('{format = "ruff", path = "reports/"}', "path: 'reports/' must name a file"),
+        ('{format = "ruff"}', "report.path: missing (required)"),
+        ('{format = "ruff", path = "r.json", kind = "x"}', "report.kind: unknown key"),
+        ('{format = "ruff", path = 3}', "report.path: Input should be a valid string"),
+        ('"ruff.json"', 'report: expected a table such as {format = "ruff", path = "ruff.json"}'),
+    ],
+)
+def test_a_bad_report_is_a_clear_error_naming_the_key(report: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(REPORT_PREFIX + report + "\n")
+    message = str(caught.value)
+    assert message.startswith("gantry.toml: checks.lint.report")
+    assert expected in message
+    # The argv hint is about commands; a report error must not send people there.
+    assert "argv" not in message
