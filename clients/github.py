@@ -1,4 +1,5 @@
-"""Gantry's GitHub REST client: commit statuses, deployments, webhook deliveries, git refs.
+"""Gantry's GitHub REST client: commit statuses, check runs, deployments, webhook deliveries,
+git refs.
 
 Every error is a ``GitHubError`` (see ``clients.github_errors``); no message carries a token.
 Retry and rate-limit bounds are in ``clients.github_http``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from blocks.github import DEFAULT_API_URL, GitHubCredentials
 from clients.github_auth import AppAuth, GitHubAuth, TokenAuth
+from clients.github_checks import ANNOTATIONS_PER_REQUEST, chunked, cut_output
 from clients.github_errors import (
     GitHubAuthError,
     GitHubConflictError,
@@ -26,6 +29,12 @@ from clients.github_errors import (
 )
 from clients.github_http import API_VERSION, GitHubHTTP, RetryPolicy, error_message
 from clients.github_models import (
+    CheckAnnotation,
+    CheckConclusion,
+    CheckOutput,
+    CheckRun,
+    CheckRunList,
+    CheckRunStatus,
     CommitState,
     CommitStatus,
     Deployment,
@@ -40,6 +49,8 @@ __all__ = ["API_VERSION", "GitHubClient", "RetryPolicy", "truncate"]
 logger = logging.getLogger("gantry.github")
 
 DESCRIPTION_LIMIT = 140
+# GitHub documents no limit for a check run's title; it is shown on one line, so kept short.
+CHECK_TITLE_LIMIT = 200
 MAX_PER_PAGE = 100
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -77,6 +88,8 @@ class GitTag(BaseModel):
 
 M = TypeVar(
     "M",
+    CheckRun,
+    CheckRunList,
     CommitStatus,
     Deployment,
     DeploymentStatus,
@@ -91,6 +104,27 @@ def truncate(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
     """``text`` cut to GitHub's description limit, marking the cut with an ellipsis."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _iso(moment: datetime) -> str:
+    """ISO 8601 in UTC as GitHub writes it (``2026-01-02T03:04:05Z``); naive means UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _output_body(output: CheckOutput, annotations: Sequence[CheckAnnotation]) -> dict[str, Any]:
+    # title and summary go with every request that carries annotations: GitHub requires both
+    # in any ``output`` object.
+    body: dict[str, Any] = {
+        "title": truncate(output.title, CHECK_TITLE_LIMIT),
+        "summary": cut_output(output.summary),
+    }
+    if output.text:
+        body["text"] = cut_output(output.text)
+    if annotations:
+        body["annotations"] = [a.payload() for a in annotations]
+    return body
 
 
 def _repo_path(repo_full_name: str) -> str:
@@ -174,6 +208,144 @@ class GitHubClient:
             body["target_url"] = target_url
         path = f"{_repo_path(repo_full_name)}/statuses/{_seg(sha)}"
         return self._parse(CommitStatus, await self._request("POST", path, json=body))
+
+    async def create_check_run(
+        self,
+        repo_full_name: str,
+        head_sha: str,
+        name: str,
+        *,
+        status: CheckRunStatus = "in_progress",
+        conclusion: CheckConclusion | None = None,
+        started_at: datetime | None = None,
+        completed_at: datetime | None = None,
+        details_url: str | None = None,
+        external_id: str | None = None,
+        output: CheckOutput | None = None,
+    ) -> CheckRun:
+        """``POST .../check-runs`` (GitHub App installations only: a token gets 403).
+
+        The first 50 annotations go with the creation, the rest in further PATCHes of 50.
+        """
+        if (status == "completed") != (conclusion is not None):
+            raise ValueError("a conclusion is given exactly when the check run is completed")
+        if not _SHA_RE.match(head_sha):
+            raise ValueError(f"not a commit SHA: {head_sha!r}")
+        body: dict[str, Any] = {"name": name, "head_sha": head_sha, "status": status}
+        if conclusion is not None:
+            body["conclusion"] = conclusion
+        if started_at is not None:
+            body["started_at"] = _iso(started_at)
+        if completed_at is not None:
+            body["completed_at"] = _iso(completed_at)
+        if details_url:
+            body["details_url"] = details_url
+        if external_id:
+            body["external_id"] = external_id
+        rest: Sequence[CheckAnnotation] = ()
+        if output is not None:
+            first, rest = self._split(output.annotations)
+            body["output"] = _output_body(output, first)
+        path = f"{_repo_path(repo_full_name)}/check-runs"
+        check_run = self._parse(CheckRun, await self._request("POST", path, json=body))
+        if output is not None and rest:
+            await self._add_annotations(repo_full_name, check_run.id, output, rest)
+        return check_run
+
+    async def update_check_run(
+        self,
+        repo_full_name: str,
+        check_run_id: int,
+        *,
+        status: CheckRunStatus | None = None,
+        conclusion: CheckConclusion | None = None,
+        completed_at: datetime | None = None,
+        details_url: str | None = None,
+        output: CheckOutput | None = None,
+    ) -> CheckRun:
+        """``PATCH .../check-runs/{id}``: the first 50 annotations with the update (so the
+        conclusion never waits for them), the rest appended by further PATCHes of 50."""
+        if conclusion is not None and status not in (None, "completed"):
+            raise ValueError("a conclusion completes the check run")
+        body: dict[str, Any] = {}
+        if status is not None:
+            body["status"] = status
+        if conclusion is not None:
+            body["conclusion"] = conclusion
+        if completed_at is not None:
+            body["completed_at"] = _iso(completed_at)
+        if details_url:
+            body["details_url"] = details_url
+        rest: Sequence[CheckAnnotation] = ()
+        if output is not None:
+            first, rest = self._split(output.annotations)
+            body["output"] = _output_body(output, first)
+        check_run = await self._patch_check_run(repo_full_name, check_run_id, body)
+        if output is not None and rest:
+            check_run = await self._add_annotations(repo_full_name, check_run_id, output, rest)
+        return check_run
+
+    async def list_check_runs_for_ref(
+        self,
+        repo_full_name: str,
+        ref: str,
+        *,
+        check_name: str | None = None,
+        status: CheckRunStatus | None = None,
+        latest_only: bool = True,
+        max_pages: int = 10,
+    ) -> list[CheckRun]:
+        """``GET .../commits/{ref}/check-runs`` (``{total_count, check_runs[]}``), every page.
+
+        ``latest_only`` is GitHub's ``filter=latest`` (the newest run of each name); False
+        (``filter=all``) also lists runs a newer one of the same name replaced.
+        """
+        path = f"{_repo_path(repo_full_name)}/commits/{_seg(ref)}/check-runs"
+        params: dict[str, Any] = {
+            "filter": "latest" if latest_only else "all",
+            "per_page": MAX_PER_PAGE,
+        }
+        if check_name is not None:
+            params["check_name"] = check_name
+        if status is not None:
+            params["status"] = status
+        found: list[CheckRun] = []
+        for page in range(1, max_pages + 1):
+            listing = self._parse(
+                CheckRunList, await self._request("GET", path, params={**params, "page": page})
+            )
+            found.extend(listing.check_runs)
+            if not listing.check_runs or len(found) >= listing.total_count:
+                return found
+        logger.warning("stopped listing check runs of %s after %d pages", ref, max_pages)
+        return found
+
+    @staticmethod
+    def _split(
+        annotations: Sequence[CheckAnnotation],
+    ) -> tuple[Sequence[CheckAnnotation], Sequence[CheckAnnotation]]:
+        return annotations[:ANNOTATIONS_PER_REQUEST], annotations[ANNOTATIONS_PER_REQUEST:]
+
+    async def _add_annotations(
+        self,
+        repo_full_name: str,
+        check_run_id: int,
+        output: CheckOutput,
+        annotations: Sequence[CheckAnnotation],
+    ) -> CheckRun:
+        # GitHub appends the annotations of each PATCH to those the check run already has.
+        check_run: CheckRun | None = None
+        for chunk in chunked(annotations, ANNOTATIONS_PER_REQUEST):
+            body = {"output": _output_body(output, chunk)}
+            check_run = await self._patch_check_run(repo_full_name, check_run_id, body)
+        assert check_run is not None  # annotations is never empty here
+        return check_run
+
+    async def _patch_check_run(
+        self, repo_full_name: str, check_run_id: int, body: dict[str, Any]
+    ) -> CheckRun:
+        path = f"{_repo_path(repo_full_name)}/check-runs/{_seg(check_run_id)}"
+        return self._parse(CheckRun, await self._request("PATCH", path, json=body))
 
     async def create_deployment(
         self,

@@ -116,3 +116,22 @@ class HookDelivery(_GitHubModel):
 class InstallationToken(_GitHubModel):
     token: SecretStr
     expires_at: datetime
+
+
+class CheckRunList(_GitHubModel):
+    """``GET /repos/{owner}/{repo}/commits/{ref}/check-runs``: one page of the commit's runs."""
+
+    total_count: int
+    check_runs: list[CheckRun]
+
+
+class CheckOutput(BaseModel):
+    """``output`` of a check run as Gantry sends it: a one-line title, a Markdown summary,
+    optional details and the annotations. Lengths are cut to GitHub's limits by the client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = Field(min_length=1)
+    summary: str = Field(min_length=1)
+    text: str | None = None
+    annotations: tuple[CheckAnnotation, ...] = ()

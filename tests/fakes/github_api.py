@@ -1,9 +1,11 @@
 """A local HTTP server that answers like GitHub's REST API (the parts Gantry uses).
 
-Shapes follow the shared notes on GitHub REST: statuses, deployments, deployment statuses, hook
-deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token exchange, git refs
-(``git/ref/heads/..``, ``git/ref/tags/..``) and annotated tags (``git/tags/{sha}``), error
-bodies, rate-limit headers. Faults are queued with ``fail_next``; every request is recorded.
+Shapes follow the shared notes on GitHub REST: statuses, check runs (App installations only,
+with their documented validation and annotations appended per PATCH), deployments, deployment
+statuses, hook deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token
+exchange, git refs (``git/ref/heads/..``, ``git/ref/tags/..``) and annotated tags
+(``git/tags/{sha}``), error bodies, rate-limit headers. Faults are queued with ``fail_next``;
+every request is recorded.
 
 Usable without pytest (``with FakeGitHub() as gh: ...``) and as the ``github_api`` fixture.
 """
@@ -34,6 +36,19 @@ from tests.fakes.loopback import LoopbackServer
 DOCS = "https://docs.github.com/rest"
 COMMIT_STATES = {"error", "failure", "pending", "success"}
 DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
+CHECK_STATUSES = {"queued", "in_progress", "completed"}
+CHECK_CONCLUSIONS = {
+    "success",
+    "failure",
+    "neutral",
+    "cancelled",
+    "skipped",
+    "timed_out",
+    "action_required",
+}
+ANNOTATION_LEVELS = {"notice", "warning", "failure"}
+ANNOTATIONS_PER_REQUEST = 50
+OUTPUT_LIMIT = 65_535
 FaultKind = Literal["server_error", "secondary_rate_limit", "primary_rate_limit"]
 
 
@@ -67,6 +82,9 @@ class _State:
     refs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # annotated tag objects by their own SHA
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # check runs by id, and the annotations each accumulated over its requests
+    check_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @functools.cache
@@ -89,6 +107,71 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 def _validation_failed(resource: str, field_name: str, message: str) -> JSONResponse:
     errors = [{"resource": resource, "field": field_name, "code": "custom", "message": message}]
     return _error(422, "Validation Failed", errors=errors)
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    """A stored check run as GitHub answers it (without the fake's own bookkeeping)."""
+    return {k: v for k, v in run.items() if k != "repository"}
+
+
+def _annotation_problem(annotation: Any) -> str | None:
+    if not isinstance(annotation, dict):
+        return "an annotation must be an object"
+    for name in ("path", "message"):
+        if not isinstance(annotation.get(name), str) or not annotation[name]:
+            return f"annotation {name} wasn't supplied."
+    lines = [annotation.get("start_line"), annotation.get("end_line")]
+    if not all(isinstance(n, int) and n >= 1 for n in lines):
+        return "annotation start_line and end_line must be positive integers"
+    if annotation.get("annotation_level") not in ANNOTATION_LEVELS:
+        return "annotation_level is not included in the list"
+    columns = ("start_column", "end_column")
+    if any(c in annotation for c in columns) and lines[0] != lines[1]:
+        return "start_column and end_column may only be given when start_line equals end_line"
+    return None
+
+
+def _check_run_problem(body: dict[str, Any]) -> JSONResponse | None:
+    """GitHub's documented validation of a check run's POST or PATCH body, or None."""
+    status = body.get("status")
+    if status is not None and status not in CHECK_STATUSES:
+        return _validation_failed("CheckRun", "status", "status is not included in the list")
+    conclusion = body.get("conclusion")
+    if conclusion is not None and conclusion not in CHECK_CONCLUSIONS:
+        return _validation_failed(
+            "CheckRun", "conclusion", "conclusion is not included in the list"
+        )
+    if status == "completed" and conclusion is None:
+        return _validation_failed(
+            "CheckRun", "conclusion", "conclusion wasn't supplied with status completed."
+        )
+    output = body.get("output")
+    if output is None:
+        return None
+    if not isinstance(output, dict):
+        return _validation_failed("CheckRun", "output", "output must be an object")
+    for name in ("title", "summary"):
+        if not isinstance(output.get(name), str) or not output[name]:
+            return _validation_failed("CheckRun", f"output.{name}", f"{name} wasn't supplied.")
+    for name in ("summary", "text"):
+        if len(output.get(name) or "") > OUTPUT_LIMIT:
+            return _validation_failed(
+                "CheckRun", f"output.{name}", f"{name} is too long (maximum is 65535 characters)"
+            )
+    annotations = output.get("annotations") or []
+    if not isinstance(annotations, list):
+        return _validation_failed("CheckRun", "output.annotations", "must be a list")
+    if len(annotations) > ANNOTATIONS_PER_REQUEST:
+        return _validation_failed(
+            "CheckRun",
+            "output.annotations",
+            "Only 50 annotations may be created in one request.",
+        )
+    for annotation in annotations:
+        problem = _annotation_problem(annotation)
+        if problem is not None:
+            return _validation_failed("CheckRun", "output.annotations", problem)
+    return None
 
 
 class FakeGitHub(LoopbackServer):
@@ -201,6 +284,20 @@ class FakeGitHub(LoopbackServer):
                 if path_part in r.path and (method is None or r.method == method)
             ]
 
+    def check_runs_for(self, full_name: str, sha: str) -> list[dict[str, Any]]:
+        """The check runs created on one commit, oldest first."""
+        with self._lock:
+            return [
+                dict(run)
+                for run in self.state.check_runs.values()
+                if run["repository"] == full_name.casefold() and run["head_sha"] == sha
+            ]
+
+    def annotations_of(self, check_run_id: int) -> list[dict[str, Any]]:
+        """Every annotation a check run received, in the order they arrived."""
+        with self._lock:
+            return list(self.state.annotations.get(check_run_id, []))
+
     def app_jwt_for(self, private_key_pem: str | None = None, lifetime: int = 540) -> str:
         """A valid App JWT (tests use it to reach the exchange endpoint directly)."""
         now = int(time.time())
@@ -214,6 +311,21 @@ class FakeGitHub(LoopbackServer):
         hooks = repo + "/hooks/{hook_id:int}/deliveries"
         return [
             Route(repo + "/statuses/{sha}", self._guard(self._create_status), methods=["POST"]),
+            Route(
+                repo + "/check-runs",
+                self._guard(self._create_check_run, installation_only=True),
+                methods=["POST"],
+            ),
+            Route(
+                repo + "/check-runs/{check_run_id:int}",
+                self._guard(self._update_check_run, installation_only=True),
+                methods=["PATCH"],
+            ),
+            Route(
+                repo + "/commits/{ref}/check-runs",
+                self._guard(self._list_check_runs),
+                methods=["GET"],
+            ),
             Route(repo + "/deployments", self._guard(self._create_deployment), methods=["POST"]),
             Route(
                 repo + "/deployments/{deployment_id:int}/statuses",
@@ -244,7 +356,9 @@ class FakeGitHub(LoopbackServer):
             "x-ratelimit-resource": "core",
         }
 
-    def _guard(self, handler: Any, *, app_jwt: bool = False) -> Any:
+    def _guard(
+        self, handler: Any, *, app_jwt: bool = False, installation_only: bool = False
+    ) -> Any:
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
             try:
@@ -273,6 +387,9 @@ class FakeGitHub(LoopbackServer):
                     return _error(401, "A JSON web token could not be decoded")
             elif not self._token_ok(bearer):
                 return _error(401, "Bad credentials")
+            elif installation_only and secrets.compare_digest(bearer, self.token):
+                # Only a GitHub App's installation token may write check runs.
+                return _error(403, "You must authenticate via a GitHub App.")
             response: Response = await handler(request, body)
             response.headers.update(self._rate_headers())
             return response
@@ -355,6 +472,108 @@ class FakeGitHub(LoopbackServer):
             }
             existing.append(status)
         return JSONResponse(status, status_code=201)
+
+    async def _create_check_run(self, request: Request, body: Any) -> Response:
+        if not isinstance(body, dict):
+            return _validation_failed("CheckRun", "body", "body must be an object")
+        for required in ("name", "head_sha"):
+            if not isinstance(body.get(required), str) or not body[required]:
+                return _validation_failed("CheckRun", required, f"{required} wasn't supplied.")
+        problem = _check_run_problem(body)
+        if problem is not None:
+            return problem
+        p = request.path_params
+        full_name = f"{p['owner']}/{p['repo']}"
+        with self._lock:
+            check_run_id = next(self._ids)
+            run: dict[str, Any] = {
+                "id": check_run_id,
+                "repository": full_name.casefold(),
+                "name": body["name"],
+                "head_sha": body["head_sha"],
+                "status": "queued",
+                "conclusion": None,
+                "started_at": _iso(datetime.now(UTC)),
+                "completed_at": None,
+                "external_id": "",
+                "details_url": None,
+                "html_url": f"{self.url}/{full_name}/runs/{check_run_id}",
+                "output": {"title": None, "summary": None, "text": None, "annotations_count": 0},
+                "app": {"id": int(self.app_id), "slug": "gantry"},
+                "pull_requests": [],
+            }
+            self.state.check_runs[check_run_id] = run
+            self.state.annotations[check_run_id] = []
+            self._apply(run, body)
+            answer = dict(run)
+        return JSONResponse(_public(answer), status_code=201)
+
+    async def _update_check_run(self, request: Request, body: Any) -> Response:
+        check_run_id = request.path_params["check_run_id"]
+        with self._lock:
+            known = check_run_id in self.state.check_runs
+        if not known:
+            return _error(404, "Not Found")
+        if not isinstance(body, dict):
+            return _validation_failed("CheckRun", "body", "body must be an object")
+        problem = _check_run_problem(body)
+        if problem is not None:
+            return problem
+        with self._lock:
+            run = self.state.check_runs[check_run_id]
+            self._apply(run, body)
+            answer = dict(run)
+        return JSONResponse(_public(answer))
+
+    def _apply(self, run: dict[str, Any], body: dict[str, Any]) -> None:
+        """One accepted POST or PATCH body onto a check run (the lock is held)."""
+        for name in ("status", "started_at", "completed_at", "details_url", "external_id"):
+            if name in body:
+                run[name] = body[name]
+        if body.get("conclusion") is not None:
+            # GitHub completes a check run given a conclusion.
+            run["conclusion"] = body["conclusion"]
+            run["status"] = "completed"
+            run["completed_at"] = run["completed_at"] or _iso(datetime.now(UTC))
+        output = body.get("output")
+        if isinstance(output, dict):
+            for name in ("title", "summary", "text"):
+                if name in output:
+                    run["output"][name] = output[name]
+            added = list(output.get("annotations") or [])
+            self.state.annotations[run["id"]].extend(added)
+            run["output"]["annotations_count"] = len(self.state.annotations[run["id"]])
+
+    async def _list_check_runs(self, request: Request, body: Any) -> Response:
+        p = request.path_params
+        full_name, ref = f"{p['owner']}/{p['repo']}", p["ref"]
+        query = request.query_params
+        try:
+            per_page = min(int(query.get("per_page", "30")), 100)
+            page = max(int(query.get("page", "1")), 1)
+        except ValueError:
+            return _error(400, "per_page and page must be integers")
+        wanted_filter = query.get("filter", "latest")
+        if wanted_filter not in ("latest", "all"):
+            return _validation_failed("CheckRun", "filter", "filter is not latest or all")
+        runs = self.check_runs_for(full_name, ref)
+        if "check_name" in query:
+            runs = [r for r in runs if r["name"] == query["check_name"]]
+        if "status" in query:
+            runs = [r for r in runs if r["status"] == query["status"]]
+        if wanted_filter == "latest":
+            newest: dict[str, dict[str, Any]] = {}
+            for run in runs:
+                newest[run["name"]] = run  # oldest first: the last of each name wins
+            runs = list(newest.values())
+        runs.sort(key=lambda r: r["id"], reverse=True)
+        start = (page - 1) * per_page
+        return JSONResponse(
+            {
+                "total_count": len(runs),
+                "check_runs": [_public(r) for r in runs[start : start + per_page]],
+            }
+        )
 
     async def _create_deployment(self, request: Request, body: Any) -> Response:
         if not isinstance(body, dict) or not body.get("ref"):
@@ -531,7 +750,7 @@ class FakeGitHub(LoopbackServer):
             {
                 "token": token,
                 "expires_at": _iso(expires),
-                "permissions": {"statuses": "write", "deployments": "write"},
+                "permissions": {"statuses": "write", "deployments": "write", "checks": "write"},
                 "repository_selection": "selected",
             },
             status_code=201,
