@@ -10,6 +10,9 @@ missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# PostgreSQL's server binaries (initdb, pg_ctl) for the store's and Prefect's PostgreSQL mode:
+# some images carry them without the package, so the binaries are what is looked for.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Every Prefect process a test starts inherits these: nothing may leave the machine.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -18,3 +20,18 @@ pytest_plugins = [
     "tests.plugins.engine",
     "tests.plugins.prefect_server",
 ]
+
+# Markers that tell the truth: a test that reaches a real server through a fixture is "slow"
+# (and "engine" for the container engine and registry) whether or not its module says so, so
+# `-m "not slow"` never starts a server.
+SERVER_FIXTURES = frozenset({"prefect_server", "local_stack", "postgres_url"})
+ENGINE_FIXTURES = frozenset({"container_engine", "registry", "docker_api"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & ENGINE_FIXTURES:
+            item.add_marker(pytest.mark.engine)
+        if used & (SERVER_FIXTURES | ENGINE_FIXTURES):
+            item.add_marker(pytest.mark.slow)
