@@ -19,6 +19,12 @@ approval. Adding the policy's approval label (GitHub sends ``pull_request`` ``la
 the run of the pull request's head at that moment. The approval covers that head only: a later
 push by the same author waits again until the label is removed and added again, so a maintainer
 has looked at every commit that runs.
+
+Re-runs: GitHub's re-run buttons on Gantry's check runs send ``check_run`` (one check) or
+``check_suite`` (every check of a commit) with the action ``rerequested``. Each starts one new
+run of the pipeline that made the check, for the same commit; its stages come from the cache
+when their inputs are unchanged. The check run's ``external_id`` (``pipeline:pr number:flow run
+id``) says which pipeline that was; a check without one is not Gantry's and starts nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from webhooks.settings import (
 
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 RELEASE_ACTIONS = frozenset({"published"})
+RERUN_ACTION = "rerequested"
+CHECK_EVENTS = ("check_run", "check_suite")
 APPROVAL_ACTION = "labeled"
 WAITING = "waiting for a maintainer's approval"
 Pipeline = Literal["pr", "merge", "release"]
@@ -121,6 +129,50 @@ class ReleaseEvent(_Fields):
     sender: Sender | None = None
 
 
+class CheckRepository(_Fields):
+    # The Checks API's short repository: GitHub's id, no full name.
+    id: int = Field(gt=0)
+
+
+class CheckRef(_Fields):
+    ref: Text
+    sha: Sha
+    repo: CheckRepository
+
+
+class CheckPullRequest(_Fields):
+    """A pull request as the Checks API lists it (only those of the repository itself)."""
+
+    number: int = Field(gt=0)
+    head: CheckRef
+    base: CheckRef
+
+
+class CheckSuite(_Fields):
+    head_branch: Text | None = None  # null for some suites (a fork's push, a deleted branch)
+    head_sha: Sha
+    pull_requests: list[CheckPullRequest] = []
+
+
+class CheckRun(_Fields):
+    head_sha: Sha
+    external_id: str | None = None
+    check_suite: CheckSuite
+    pull_requests: list[CheckPullRequest] = []
+
+
+class CheckRunEvent(_Fields):
+    action: Text
+    check_run: CheckRun
+    repository: Repository
+
+
+class CheckSuiteEvent(_Fields):
+    action: Text
+    check_suite: CheckSuite
+    repository: Repository
+
+
 class PipelineRequest(BaseModel):
     """A flow run to create: the deployment, its parameters, and how to find it later."""
 
@@ -192,7 +244,7 @@ def map_event(
     ``approvals`` are the per-repository approval policies; by default ``GANTRY_WEBHOOK_APPROVAL``.
     ``repositories`` is the allowlist; by default ``GANTRY_WEBHOOK_REPOSITORIES`` (unset: none).
     """
-    if event in ("pull_request", "push", "release"):
+    if event in ("pull_request", "push", "release", *CHECK_EVENTS):
         allowlist = repositories_from_env() if repositories is None else repositories
         refused = _not_served(payload, allowlist)
         if refused is not None:
@@ -213,6 +265,14 @@ def map_event(
         if action not in RELEASE_ACTIONS:
             return Ignored(reason=f"release action {tag_value(str(action))} starts nothing")
         return _release(_parse(ReleaseEvent, payload), delivery_id)
+    if event in CHECK_EVENTS:
+        action = action_of(payload)
+        if action != RERUN_ACTION:
+            # created, completed, requested, requested_action: Gantry makes its checks itself.
+            return Ignored(reason=f"{event} action {tag_value(str(action))} starts nothing")
+        if event == "check_run":
+            return _check_run_rerun(_parse(CheckRunEvent, payload), delivery_id)
+        return _check_suite_rerun(_parse(CheckSuiteEvent, payload), delivery_id)
     return Ignored(reason=f"event {tag_value(event)} starts nothing")
 
 
@@ -277,9 +337,30 @@ def _pull_request(
     pr = event.pull_request
     if pr.draft and event.action != "ready_for_review":
         return Ignored(reason="draft pull request: it runs once marked ready for review")
-    base_name = event.repository.full_name
-    fork = _is_fork(event)
-    sha = pr.head.sha
+    return _pr_request(
+        event.repository,
+        event.number,
+        pr.head.sha,
+        pr.head.ref,
+        _is_fork(event),
+        delivery_id,
+        approved=approved,
+    )
+
+
+def _pr_request(
+    repo: Repository,
+    number: int,
+    sha: str,
+    head_ref: str | None,
+    fork: bool,
+    delivery_id: str,
+    *,
+    approved: bool = False,
+    rerun: bool = False,
+) -> PipelineRequest:
+    """A run of the ``pr`` deployment (the parameters of flows/pipelines/pr.py)."""
+    base_name = repo.full_name
     return PipelineRequest(
         pipeline="pr",
         deployment=PR_DEPLOYMENT,
@@ -288,22 +369,31 @@ def _pull_request(
             # payload); a fork's head is fetched from it as refs/pull/N/head.
             "repository": None,
             "sha": sha,
-            "pr_number": event.number,
-            "head_ref": pr.head.ref,
+            "pr_number": number,
+            "head_ref": head_ref,
             "fork": fork,
             "repository_name": base_name,
-            "repository_id": event.repository.id,
+            "repository_id": repo.id,
         },
-        run_name=f"pr-{event.number}-{sha[:7]}",
+        run_name=f"pr-{number}-{sha[:7]}" + ("-rerun" if rerun else ""),
         tags=[
             *_tags("pr", base_name, delivery_id),
-            f"pr:{event.number}",
+            f"pr:{number}",
             *(["approved"] if approved else []),
+            *(["rerun"] if rerun else []),
         ],
         idempotency_key=delivery_id,
         repository_name=base_name,
-        pr_number=event.number,
+        pr_number=number,
     )
+
+
+def _default_branch(repo: Repository, model: str) -> str:
+    if repo.default_branch is None:
+        raise PayloadError(
+            f"{model} payload has missing or invalid fields: repository.default_branch"
+        )
+    return repo.default_branch
 
 
 def _push(event: PushEvent, delivery_id: str) -> PipelineRequest | Ignored:
@@ -312,24 +402,28 @@ def _push(event: PushEvent, delivery_id: str) -> PipelineRequest | Ignored:
         return Ignored(reason="a deleted ref starts nothing")
     if event.ref.startswith("refs/tags/"):
         return Ignored(reason="a pushed tag starts nothing (releases do)")
-    if repo.default_branch is None:
-        raise PayloadError(
-            "PushEvent payload has missing or invalid fields: repository.default_branch"
-        )
-    if event.ref != f"refs/heads/{repo.default_branch}":
+    if event.ref != f"refs/heads/{_default_branch(repo, 'PushEvent')}":
         return Ignored(reason="a push to a branch other than the default starts nothing")
+    return _merge_request(repo, event.after, delivery_id)
+
+
+def _merge_request(
+    repo: Repository, sha: str, delivery_id: str, *, rerun: bool = False
+) -> PipelineRequest:
+    """A run of the ``merge`` deployment (the parameters of flows/pipelines/merge.py)."""
+    branch = _default_branch(repo, "merge")
     return PipelineRequest(
         pipeline="merge",
         deployment=MERGE_DEPLOYMENT,
         parameters={
             "repository": None,
-            "sha": event.after,
-            "ref": repo.default_branch,
+            "sha": sha,
+            "ref": branch,
             "repository_name": repo.full_name,
             "repository_id": repo.id,
         },
-        run_name=f"merge-{slugify(repo.default_branch, 30)}-{event.after[:7]}",
-        tags=_tags("merge", repo.full_name, delivery_id),
+        run_name=f"merge-{slugify(branch, 30)}-{sha[:7]}" + ("-rerun" if rerun else ""),
+        tags=[*_tags("merge", repo.full_name, delivery_id), *(["rerun"] if rerun else [])],
         idempotency_key=delivery_id,
         repository_name=repo.full_name,
     )
@@ -354,3 +448,87 @@ def _release(event: ReleaseEvent, delivery_id: str) -> PipelineRequest:
         idempotency_key=delivery_id,
         repository_name=repo.full_name,
     )
+
+
+# ``pipeline:pr number or empty:flow run id``, as Gantry's check runs carry it.
+_EXTERNAL_ID = re.compile(r"(pr|merge|release):([1-9][0-9]{0,9})?:([A-Za-z0-9-]{1,64})")
+
+
+class CheckOrigin(BaseModel):
+    """Which pipeline run made a check run, from its ``external_id``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline: Pipeline
+    pr_number: int | None
+    flow_run_id: str
+
+
+def _check_origin(external_id: str | None) -> CheckOrigin | None:
+    """The origin of a Gantry check run; None for any other (or a ``pr`` one without its PR)."""
+    found = _EXTERNAL_ID.fullmatch(external_id or "")
+    if found is None:
+        return None
+    pipeline, number, flow_run_id = found.groups()
+    if pipeline == "pr" and number is None:
+        return None
+    return CheckOrigin(
+        pipeline=pipeline,
+        pr_number=int(number) if number else None,
+        flow_run_id=flow_run_id,
+    )
+
+
+def _check_run_rerun(event: CheckRunEvent, delivery_id: str) -> PipelineRequest | Ignored:
+    """One check's re-run button: the pipeline that made it runs again for its commit."""
+    check = event.check_run
+    origin = _check_origin(check.external_id)
+    if origin is None:
+        return Ignored(reason="not a Gantry check run")
+    if origin.pipeline == "release":
+        return Ignored(reason="a release is re-run with `gantry release`, where it is approved")
+    repo = event.repository
+    if origin.pipeline == "merge":
+        if check.check_suite.head_branch != _default_branch(repo, "CheckRunEvent"):
+            return Ignored(reason="a merge check off the default branch starts nothing")
+        return _merge_request(repo, check.head_sha, delivery_id, rerun=True)
+    number = origin.pr_number
+    if number is None:  # the parser refuses a pr check without its number; for the types
+        return Ignored(reason="not a Gantry check run")
+    listed = next((pr for pr in check.pull_requests if pr.number == number), None)
+    return _pr_rerun(
+        repo, number, check.head_sha, listed, check.check_suite.head_branch, delivery_id
+    )
+
+
+def _check_suite_rerun(event: CheckSuiteEvent, delivery_id: str) -> PipelineRequest | Ignored:
+    """A commit's "re-run all checks": its merge run on the default branch, else its PR run."""
+    suite = event.check_suite
+    repo = event.repository
+    if suite.head_branch == _default_branch(repo, "CheckSuiteEvent"):
+        return _merge_request(repo, suite.head_sha, delivery_id, rerun=True)
+    if suite.pull_requests:
+        first = suite.pull_requests[0]
+        return _pr_rerun(repo, first.number, suite.head_sha, first, suite.head_branch, delivery_id)
+    # The Checks API lists no fork pull request, and a suite says nothing else of its PR.
+    return Ignored(
+        reason="a fork's pull request (GitHub names none in a check suite): "
+        "use the re-run button of one check"
+    )
+
+
+def _pr_rerun(
+    repo: Repository,
+    number: int,
+    sha: str,
+    listed: CheckPullRequest | None,
+    head_branch: str | None,
+    delivery_id: str,
+) -> PipelineRequest:
+    # GitHub lists only pull requests within the repository: one it leaves out is a fork's.
+    fork = listed is None or listed.head.repo.id != listed.base.repo.id
+    head_ref = listed.head.ref if listed is not None else head_branch
+    # No approval gate (_waiting): only people with write access see a re-run button, and
+    # only an app installed on the repository may ask for one through the API. The commit
+    # already ran once, as approved or trusted; the rerequest approves it running again.
+    return _pr_request(repo, number, sha, head_ref, fork, delivery_id, approved=fork, rerun=True)

@@ -133,6 +133,122 @@ def release(action: str = "published", tag: str = "v1.2.3") -> dict[str, Any]:
     }
 
 
+FLOW_RUN_ID = "5f0c2f4e-8a4b-4c1d-9d3e-2b7a9c1e0f11"
+APP = {"id": 1001, "slug": "gantry", "name": "Gantry", "owner": {"login": "acme", "id": 1}}
+FORK_REPOSITORY_ID = 7040
+
+
+def check_pull_request(
+    number: int = 42,
+    sha: str = SHA,
+    head_ref: str = "feature/x",
+    head_repo_id: int = REPOSITORY_ID,
+) -> dict[str, Any]:
+    """A pull request as the Checks API lists it: short repositories (id, url, name only)."""
+
+    def short(repo_id: int) -> dict[str, Any]:
+        return {
+            "id": repo_id,
+            "url": f"https://api.github.com/repositories/{repo_id}",
+            "name": "api",
+        }
+
+    return {
+        "url": f"https://api.github.com/repos/{BASE}/pulls/{number}",
+        "id": 1934,
+        "number": number,
+        "head": {"ref": head_ref, "sha": sha, "repo": short(head_repo_id)},
+        "base": {"ref": "main", "sha": SHA2, "repo": short(REPOSITORY_ID)},
+    }
+
+
+def _check_suite(
+    head_branch: str | None, sha: str, pull_requests: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "id": 118578147,
+        "node_id": "MDEwOkNoZWNrU3VpdGUxMTg1NzgxNDc=",
+        "head_branch": head_branch,
+        "head_sha": sha,
+        "status": "completed",
+        "conclusion": "failure",
+        "url": f"https://api.github.com/repos/{BASE}/check-suites/118578147",
+        "before": SHA2,
+        "after": sha,
+        "pull_requests": pull_requests,
+        "app": APP,
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:05:00Z",
+    }
+
+
+def check_run(
+    action: str = "rerequested",
+    external_id: str | None = f"pr:42:{FLOW_RUN_ID}",
+    sha: str = SHA,
+    head_branch: str | None = "feature/x",
+    pull_requests: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A ``check_run`` delivery for one of Gantry's checks (by default: PR 42's lint)."""
+    listed = [check_pull_request(sha=sha)] if pull_requests is None else pull_requests
+    payload: dict[str, Any] = {
+        "action": action,
+        "check_run": {
+            "id": 128620228,
+            "node_id": "MDg6Q2hlY2tSdW4xMjg2MjAyMjg=",
+            "head_sha": sha,
+            "external_id": external_id,
+            "url": f"https://api.github.com/repos/{BASE}/check-runs/128620228",
+            "html_url": f"https://github.com/{BASE}/runs/128620228",
+            "details_url": "https://prefect.example.com/runs/flow-run/" + FLOW_RUN_ID,
+            "status": "completed",
+            "conclusion": "failure",
+            "started_at": "2024-01-01T00:00:00Z",
+            "completed_at": "2024-01-01T00:05:00Z",
+            "output": {"title": "lint failed", "summary": "1 error", "text": None},
+            "name": "gantry/lint",
+            "check_suite": _check_suite(head_branch, sha, listed),
+            "app": APP,
+            "pull_requests": listed,
+        },
+        "repository": repository(),
+        "sender": sender(),
+        "installation": {
+            "id": 2311213,
+            "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMjMxMTIxMw==",
+        },
+    }
+    if action == "requested_action":
+        payload["requested_action"] = {"identifier": "fix"}
+    return payload
+
+
+def check_suite(
+    action: str = "rerequested",
+    head_branch: str | None = "feature/x",
+    sha: str = SHA,
+    pull_requests: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A ``check_suite`` delivery: every check of one commit (by default: PR 42's head)."""
+    listed = [check_pull_request(sha=sha)] if pull_requests is None else pull_requests
+    return {
+        "action": action,
+        "check_suite": {
+            **_check_suite(head_branch, sha, listed),
+            "latest_check_runs_count": 5,
+            "check_runs_url": f"https://api.github.com/repos/{BASE}/check-suites/118578147/check-runs",
+            "head_commit": {
+                "id": sha,
+                "message": "Add a feature",
+                "timestamp": "2024-01-01T00:00:00Z",
+            },
+        },
+        "repository": repository(),
+        "sender": sender(),
+        "installation": {"id": 2311213},
+    }
+
+
 def ping() -> dict[str, Any]:
     return {
         "zen": "Keep it logically awesome.",
