@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -37,6 +38,9 @@ from tests.plugins.stack import free_port_pair, stack_environment
 pytestmark = pytest.mark.slow
 
 DEMO_TIMEOUT = 1500
+# A pushed image reference: repository@sha256:<64 hex digits>, never cut.
+IMAGE_REFERENCE = re.compile(r"[\w.:/-]+@sha256:[0-9a-f]{64}")
+IMAGE_LINE = re.compile(r"image [a-z0-9._-]+: [\w.:/-]+@sha256:[0-9a-f]{64}")
 # The sample service's repository is a folder named sample-service: that is its slug.
 SERVICE = "sample-service"
 PIPELINES = ("pr", "merge", "release")
@@ -313,6 +317,36 @@ def test_datadog_and_pagerduty_hear_about_the_release(observed: ObservedDemo) ->
     # A good release resolves any open release page; it never triggers one.
     actions = [r.json["event_action"] for r in observed.pagerduty.requests]
     assert actions == ["resolve"]
+
+
+def test_run_merge_to_a_file_prints_each_image_reference_whole(
+    observed: ObservedDemo, tmp_path: Path
+) -> None:
+    # Output to a file, as in a CI log: rich would wrap at 80 columns, cutting a reference
+    # (repository@sha256:<64 hex>, well over 80 characters) across lines.
+    repo = observed.settings.state_dir / "demo" / "sample-service"
+    log = tmp_path / "merge.log"
+    env = {k: v for k, v in observed.env.items() if k != "COLUMNS"}
+    with log.open("w") as stdout:
+        result = subprocess.run(
+            [venv_bin("gantry"), "run", "merge", "--repo", str(repo), "--sha", "HEAD"],
+            env=env,
+            cwd=PROJECT_DIR,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    text = log.read_text()
+    assert result.returncode == 0, text[-3000:] + result.stderr[-3000:]
+    lines = [line for line in text.splitlines() if line.startswith("image ")]
+    assert lines, text
+    for line in lines:
+        assert len(line) > 80, line
+        assert IMAGE_LINE.fullmatch(line), line
+    # The demo's own piped output names the same references, whole.
+    assert IMAGE_REFERENCE.findall(observed.result.stdout), observed.result.stdout[-3000:]
 
 
 def test_readyz_stays_ready_and_says_so_when_the_prefect_api_is_gone(
