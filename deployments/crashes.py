@@ -179,13 +179,16 @@ async def report(crashed: FlowRun, pipeline: str, stages: list[str], outcome: Ou
         return
     # The status links where the commit goes on: the retry when there is one.
     shown = outcome.retry_id or crashed.id
-    async with await StatusReporter.load(name, sha, flow_run_id=str(shown)) as reporter:
+    reporter = await StatusReporter.load(
+        name, sha, flow_run_id=str(shown), pipeline=pipeline, pr_number=params.get("pr_number")
+    )
+    async with reporter:
         crashed_url = reporter.run_url(str(crashed.id)) or str(crashed.id)
         if outcome.retry_id is not None:
             what = f"infrastructure crash, not the code; retried. Crashed run: {crashed_url}"
         else:
             what = f"infrastructure crash, not retried ({outcome.not_retried}): {crashed_url}"
-        await reporter.infrastructure_error(stages, what)
+        await reporter.infrastructure_error(stages, what, crashed_run_id=str(crashed.id))
 
 
 async def handle_crash(run_id: UUID, settings: CrashSettings | None = None) -> Outcome:

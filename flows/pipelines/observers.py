@@ -1,4 +1,5 @@
-"""Who hears about a pipeline run while it happens: GitHub (statuses, deployments), metrics."""
+"""Who hears about a pipeline run while it happens: GitHub (check runs or commit statuses, as
+the credentials allow, and deployments), metrics."""
 
 from __future__ import annotations
 
@@ -134,7 +135,12 @@ async def pipeline_observers(context: RunContext) -> AsyncIterator[Observers]:
         step_logger().info("GitHub reporting is off: the repository has no GitHub owner/name")
         yield observers
         return
-    async with await StatusReporter.load(name, context.sha) as reporter:
+    # The reporter picks check runs (GitHub App) or commit statuses (token) itself; the pipeline
+    # and pull request name the run in a check run's external_id.
+    reporter = await StatusReporter.load(
+        name, context.sha, pipeline=context.pipeline, pr_number=context.pr_number
+    )
+    async with reporter:
         observers.github = reporter if reporter.enabled else None
         if reporter.enabled:
             observers.stages.append(reporter)

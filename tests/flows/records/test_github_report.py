@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from blocks.github import GitHubCredentials
 from clients.github import RetryPolicy
-from flows.records.github_report import StatusReporter, describe, flow_run_url
+from core.links import flow_run_url
+from flows.records.github_report import StatusReporter, describe
 from flows.results import StageResult, StageStatus
 
 if TYPE_CHECKING:
@@ -57,10 +58,10 @@ def result(status: StageStatus, **fields: object) -> StageResult:
         (result(StageStatus.CACHED), "success", "passed (cached result of an unchanged commit)"),
         (
             result(StageStatus.SKIPPED, detail="no [checks] unit command"),
-            "success",
-            "skipped: no [checks] unit command",
+            "pending",
+            "skipped: no [checks] unit command (not run)",
         ),
-        (result(StageStatus.SKIPPED), "success", "skipped: not configured"),
+        (result(StageStatus.SKIPPED), "pending", "skipped: not configured (not run)"),
         (
             result(StageStatus.FAILED, seconds=2, exit_code=1),
             "failure",
@@ -121,6 +122,28 @@ async def test_stage_start_and_finish_post_pending_then_final_status_linking_the
     ]
     assert {s["target_url"] for s in statuses} == {f"{UI}/runs/flow-run/{RUN_ID}"}
     assert statuses[0]["description"] == "running"
+
+
+async def test_with_a_token_a_skipped_stage_stays_pending_and_no_check_run_is_asked_for(
+    github_api: FakeGitHub,
+) -> None:
+    async with reporter_for(github_api, pipeline="pr", pr_number=12) as reporter:
+        assert not reporter.uses_check_runs
+        for stage in ("lint", "unit"):
+            await reporter.stage_started(stage)
+        await reporter.stage_finished("lint", result(StageStatus.PASSED, seconds=1))
+        await reporter.stage_finished(
+            "unit", result(StageStatus.SKIPPED, detail="no [checks] unit command")
+        )
+
+    statuses = github_api.state.statuses[(REPO, SHA)]
+    final = {s["context"]: (s["state"], s["description"]) for s in statuses}
+    assert final == {
+        "gantry/lint": ("success", "passed in 1.0s"),
+        "gantry/unit": ("pending", "skipped: no [checks] unit command (not run)"),
+    }
+    assert not any(s["context"] == "gantry/unit" and s["state"] == "success" for s in statuses)
+    assert github_api.requests_to("/check-runs") == []
 
 
 async def test_reporter_never_raises_when_github_is_down(
