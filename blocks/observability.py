@@ -1,6 +1,7 @@
-"""Datadog and PagerDuty settings as Prefect Blocks, with environment fallbacks.
+"""Datadog settings as a Prefect Block, with environment fallbacks.
 
-Loading either registers its secrets with ``core.redact`` so they never reach a log line.
+Paging is Datadog's (its monitors route to PagerDuty), so Gantry holds no PagerDuty credential.
+Loading the settings registers their secrets with ``core.redact`` so they never reach a log line.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 from collections.abc import Mapping
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
 from blocks.saved import load_saved_block
 from core.redact import register_model_secrets
@@ -18,9 +19,7 @@ from core.redact import register_model_secrets
 logger = logging.getLogger("gantry.observability")
 
 DEFAULT_DATADOG_BLOCK = "gantry-datadog"
-DEFAULT_PAGERDUTY_BLOCK = "gantry-pagerduty"
 DEFAULT_DATADOG_API_URL = "https://api.datadoghq.com"
-DEFAULT_PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 ENV_DD_AGENT_HOST = "DD_AGENT_HOST"
 ENV_DD_PORT = "DD_DOGSTATSD_PORT"
@@ -28,8 +27,6 @@ ENV_DD_API_KEY = "DD_API_KEY"
 ENV_DD_SITE = "DD_SITE"
 ENV_DD_API_URL = "GANTRY_DATADOG_API_URL"
 ENV_DD_TAGS = "DD_TAGS"
-ENV_PD_ROUTING_KEY = "GANTRY_PAGERDUTY_ROUTING_KEY"
-ENV_PD_EVENTS_URL = "GANTRY_PAGERDUTY_EVENTS_URL"
 
 
 def _http_url(value: str, field: str) -> str:
@@ -77,33 +74,6 @@ class DatadogSettings(Block):
         return value
 
 
-class PagerDutySettings(Block):
-    """The PagerDuty service Gantry pages (Events API v2 integration)."""
-
-    _block_type_name = "Gantry PagerDuty"
-    _description = "PagerDuty Events API v2 integration (routing key) Gantry pages through."
-    _documentation_url = HttpUrl("https://developer.pagerduty.com/docs/events-api-v2/overview/")
-
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    routing_key: SecretStr = Field(description="The service integration's 32-character key.")
-    events_url: str = Field(
-        default=DEFAULT_PAGERDUTY_EVENTS_URL, description="Events API v2 enqueue URL."
-    )
-
-    @field_validator("routing_key")
-    @classmethod
-    def _routing_key_shape(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value().strip()) != 32:
-            raise ValueError("routing_key must be the integration's 32-character key")
-        return SecretStr(value.get_secret_value().strip())
-
-    @field_validator("events_url")
-    @classmethod
-    def _events_url_is_http(cls, value: str) -> str:
-        return _http_url(value, "events_url")
-
-
 def datadog_settings_from_env(env: Mapping[str, str] | None = None) -> DatadogSettings | None:
     """Settings from DD_AGENT_HOST, DD_DOGSTATSD_PORT, DD_API_KEY, DD_SITE or
     GANTRY_DATADOG_API_URL and DD_TAGS; None when neither an agent nor an API key is set."""
@@ -133,38 +103,9 @@ def datadog_settings_from_env(env: Mapping[str, str] | None = None) -> DatadogSe
     return settings
 
 
-def pagerduty_settings_from_env(env: Mapping[str, str] | None = None) -> PagerDutySettings | None:
-    """Settings from GANTRY_PAGERDUTY_ROUTING_KEY (and _EVENTS_URL); None when no key is set."""
-    env = os.environ if env is None else env
-    key = env.get(ENV_PD_ROUTING_KEY, "").strip()
-    if not key:
-        return None
-    try:
-        settings = PagerDutySettings(
-            routing_key=SecretStr(key),
-            events_url=env.get(ENV_PD_EVENTS_URL, "").strip() or DEFAULT_PAGERDUTY_EVENTS_URL,
-        )
-    except ValidationError as exc:
-        # Never str(exc): it would quote the key.
-        raise ValueError(
-            f"{ENV_PD_ROUTING_KEY}/{ENV_PD_EVENTS_URL} are invalid "
-            f"({', '.join(str(e['loc'][0]) for e in exc.errors())})"
-        ) from None
-    register_model_secrets(settings)
-    return settings
-
-
 async def load_datadog_settings(
     block_name: str | None = DEFAULT_DATADOG_BLOCK,
 ) -> DatadogSettings | None:
     """The saved block, else settings from the environment, else None (Datadog is off)."""
     block = await load_saved_block(DatadogSettings, block_name)
     return block if block is not None else datadog_settings_from_env()
-
-
-async def load_pagerduty_settings(
-    block_name: str | None = DEFAULT_PAGERDUTY_BLOCK,
-) -> PagerDutySettings | None:
-    """The saved block, else settings from the environment, else None (no paging)."""
-    block = await load_saved_block(PagerDutySettings, block_name)
-    return block if block is not None else pagerduty_settings_from_env()

@@ -193,6 +193,17 @@ class Stack:
             output = (result.stdout + result.stderr).strip()[-2000:]
             raise StackError(f"applying prefect.yaml failed:\n{output}")
 
+    def apply_notifications(self) -> str:
+        """Chat notifications (deployments/notifications.py), on with GANTRY_SLACK_WEBHOOK_URL;
+        what was done, in a line."""
+        from deployments.notifications import apply_notifications_from_env
+
+        try:
+            with prefect_client_settings(self.settings):
+                return asyncio.run(apply_notifications_from_env()).summary()
+        except ValueError as exc:  # names the variable, never its value
+            raise StackError(str(exc)) from None
+
     # -- lifecycle -------------------------------------------------------------------------
     def _check_ports(self) -> None:
         """Refuse before starting anything: a half-started stack is worse than none."""
@@ -234,6 +245,7 @@ class Stack:
         self.ensure_work_pool()
         progress("applying deployments from prefect.yaml")
         self.apply_deployments()
+        progress(self.apply_notifications())
         if not self.worker.running():
             # With no worker, no run of this stack is in flight: what sandboxes it still has
             # were left by a crashed worker, and are removed before a new one starts.

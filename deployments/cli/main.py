@@ -207,7 +207,7 @@ def demo(
 
 
 def main() -> None:
-    from deployments.cli import observe, operate, release, supply, webhooks
+    from deployments.cli import notifications, observe, operate, release, supply, webhooks
 
     # A process started by the stack (the receiver) holds the Prefect API credential only in
     # its environment: masked in its logs from the start.
@@ -220,5 +220,6 @@ def main() -> None:
     observe.register(app)
     operate.register(app)
     supply.register(app)
+    notifications.register(app)
     app.add_typer(webhooks.app, name="webhooks")
     app()

@@ -1,14 +1,20 @@
-"""After a production release: metrics, a Datadog deployment event, and paging on failure."""
+"""After a production release: metrics, a Datadog deployment event, DORA, and one Prefect event
+when it failed.
+
+Paging is Datadog's: its ``release_failed`` monitor (infra/terraform/modules/monitoring) pages
+P1 on the ``gantry.release.outcome`` metric sent here, so Gantry never pages by itself (one
+failed release, one page). The ``gantry.release.failed`` event is for chat: the automation that
+deployments/notifications.py applies turns it into one message.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
-from blocks.observability import load_datadog_settings, load_pagerduty_settings
+from blocks.observability import load_datadog_settings
 from clients.datadog_api import report_deployment
 from clients.metrics import Metrics, load_metrics
-from clients.pagerduty import dedup_key, page, resolve_page
 from flows.records.store import ReleaseRecord, all_releases
 
 logger = logging.getLogger("gantry.announce")
@@ -20,9 +26,15 @@ DORA_WINDOW = timedelta(days=30)
 # timeout deployed nothing, so it is neither.
 DEPLOYED = ("success", "failed", "rolled_back")
 
+# The Prefect event of a release that touched production and did not end on the new version.
+# The release flow ends Failed for other reasons too (a refused candidate, nothing deployed), so
+# chat hears about a failed release from this event, never from the flow run's state.
+RELEASE_FAILED_EVENT = "gantry.release.failed"
+RELEASE_RESOURCE_PREFIX = "gantry.release."
+
 
 async def announce_release(record: ReleaseRecord, run_url: str | None) -> None:
-    """Tell Datadog and PagerDuty how a release ended. Never raises."""
+    """Tell Datadog (and, on failure, Prefect's event stream) how a release ended. Never raises."""
     if record.outcome not in DEPLOYED:
         return
     outcome = record.outcome
@@ -43,21 +55,30 @@ async def announce_release(record: ReleaseRecord, run_url: str | None) -> None:
         deployment_id=record.id,
         run_url=run_url,
     )
-    pagerduty = await load_pagerduty_settings()
-    key = dedup_key("release", record.repository_slug, record.environment)
-    if outcome == "success":
-        await resolve_page(pagerduty, key)
-        return
-    # P1: production was touched and did not end on the new version.
-    await page(
-        pagerduty,
-        f"{record.repository_slug}: production release {outcome.replace('_', ' ')}",
-        source="gantry",
-        dedup_key=key,
-        severity="P1",
-        custom_details={"release": record.id, "detail": record.detail, "commit": record.commit_sha},
-        links=[{"href": run_url, "text": "release run"}] if run_url else (),
-    )
+    if outcome != "success":
+        emit_release_failed(record, run_url)
+
+
+def emit_release_failed(record: ReleaseRecord, run_url: str | None) -> None:
+    """One ``gantry.release.failed`` event naming the repository, commit and outcome. Never
+    raises: the release is over, and telling chat about it must not change how it ended."""
+    from prefect.events import emit_event
+
+    try:
+        emit_event(
+            event=RELEASE_FAILED_EVENT,
+            resource={
+                "prefect.resource.id": f"{RELEASE_RESOURCE_PREFIX}{record.id}",
+                "prefect.resource.name": record.repository_slug,
+                "gantry.repository": record.repository_slug,
+                "gantry.commit": record.commit_sha or "unknown",
+                "gantry.outcome": record.outcome,
+                "gantry.environment": record.environment,
+            },
+            payload={"run_url": run_url or "", "detail": record.detail or ""},
+        )
+    except Exception as exc:  # e.g. EventTooLarge: the release's own result stands
+        logger.warning("release event not sent: %s: %s", type(exc).__name__, exc)
 
 
 async def emit_dora(metrics: Metrics, repository: str) -> None:

@@ -11,7 +11,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from clients import datadog_api, github, github_http, pagerduty, snyk
+from clients import datadog_api, github, github_http, snyk
 from clients.retry import (
     Retries,
     RetryPolicy,
@@ -119,16 +119,12 @@ def test_each_client_keeps_its_own_defaults() -> None:
         return (policy.attempts, policy.backoff, policy.backoff_cap, policy.max_wait)
 
     assert bounds(datadog_api.RetryPolicy()) == (4, 0.5, 8.0, 30.0)
-    assert bounds(pagerduty.RetryPolicy()) == (5, 1.0, 16.0, 60.0)
     assert bounds(snyk.RetryPolicy()) == (4, 1.0, 30.0, 120.0)
     assert snyk.RetryPolicy().max_retry_after == 60.0
     assert github.RetryPolicy is github_http.RetryPolicy
     assert bounds(github.RetryPolicy()) == (4, 0.5, 10.0, 300.0)
     assert (github.RetryPolicy().secondary_min_wait, github.RetryPolicy().reset_slack) == (60, 1)
-    assert all(
-        issubclass(p, RetryPolicy)
-        for p in (datadog_api.RetryPolicy, pagerduty.RetryPolicy, snyk.RetryPolicy)
-    )
+    assert all(issubclass(p, RetryPolicy) for p in (datadog_api.RetryPolicy, snyk.RetryPolicy))
 
 
 QUICK = RetryPolicy(attempts=3, backoff=0.01, backoff_cap=0.02, max_wait=1.0)

@@ -1,1 +1,1 @@
-"""Tests for logging, redaction, metrics, DORA and the Datadog and PagerDuty clients."""
+"""Tests for logging, redaction, metrics, DORA, the Datadog client and chat notifications."""

@@ -1,4 +1,4 @@
-"""Fixtures for observability tests: fake Datadog/PagerDuty, a DogStatsD listener, clean state."""
+"""Fixtures for observability tests: fake Datadog and PagerDuty, a DogStatsD listener."""
 
 from __future__ import annotations
 

@@ -1,0 +1,297 @@
+"""Chat notifications: Prefect automations posting through Prefect's SlackWebhook block, and
+paging left to Datadog alone.
+
+The slow tests run a Prefect server of their own whose actions service reaches the Slack
+stand-in (tests/fakes/slack_webhook.py) through its proxy and test CA: the real block, the
+real apprise Slack plugin, the real automations, and no request off the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.server.events.actions import SendNotification as ServerSendNotification
+from prefect.states import Paused, Running
+
+from clients.metrics import Metrics
+from core.ports import free_port
+from core.redact import redact
+from core.settings import StackSettings
+from deployments.notifications import (
+    BLOCK_NAME,
+    ENV_SLACK_WEBHOOK_URL,
+    NAME_PREFIX,
+    PIPELINE_FLOWS,
+    apply_notifications,
+    apply_notifications_from_env,
+    notification_automations,
+    webhook_url_from_env,
+)
+from deployments.prefect_server import PrefectServer
+from flows.records.announce import RELEASE_FAILED_EVENT, announce_release
+from flows.records.store import ReleaseRecord
+from tests.fakes.pagerduty_api import FakePagerDuty
+from tests.fakes.slack_webhook import FakeSlack, SlackRequest
+from tests.observability.conftest import StatsdListener
+from tests.plugins.prefect_server import prefect_api
+
+PROJECT = Path(__file__).resolve().parents[2]
+MONITORS = PROJECT / "infra/terraform/modules/monitoring/monitors.tf"
+REPOSITORY = "acme/payments-api"
+COMMIT = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
+# How long an event may take to become a message: the server's trigger and action services
+# run on their own loops; generous, since the machine is shared.
+DELIVERY_SECONDS = 90.0
+# After the first message: time enough for a duplicate to show up if the trigger matched twice.
+QUIET_SECONDS = 8.0
+
+
+# -- the automations' definitions (fast) ---------------------------------------------------
+
+
+def by_name(block: uuid.UUID | None = None) -> dict[str, Automation]:
+    return {a.name: a for a in notification_automations(block or uuid.uuid4())}
+
+
+def test_four_automations_each_on_one_kind_of_event() -> None:
+    automations = by_name()
+    expects = {
+        name.removeprefix(NAME_PREFIX): getattr(a.trigger, "expect", None)
+        for name, a in automations.items()
+    }
+    assert expects == {
+        "merge run failed": {"prefect.flow-run.Failed"},
+        "release failed": {RELEASE_FAILED_EVENT},
+        "release waits for approval": {"prefect.flow-run.Paused"},
+        "pipeline run crashed": {"prefect.flow-run.Crashed"},
+    }
+    for automation in automations.values():
+        trigger: Any = automation.trigger
+        # One event, one firing: reactive, a threshold of one, no window to count in.
+        assert (trigger.posture, trigger.threshold, trigger.within.total_seconds()) == (
+            "Reactive",
+            1,
+            0,
+        )
+        assert not trigger.after
+        [action] = automation.actions
+        assert action.type == "send-notification"
+
+
+def test_flow_run_triggers_name_the_pipelines_flows() -> None:
+    from flows.pipelines.merge import merge_pipeline
+    from flows.pipelines.pr import pr_pipeline
+    from flows.pipelines.release import release_pipeline
+
+    assert (pr_pipeline.name, merge_pipeline.name, release_pipeline.name) == PIPELINE_FLOWS
+    related: dict[str, Any] = {
+        name.removeprefix(NAME_PREFIX): getattr(a.trigger, "match_related", None)
+        for name, a in by_name().items()
+    }
+    assert related["merge run failed"]["prefect.resource.name"] == ["merge-pipeline"]
+    assert related["release waits for approval"]["prefect.resource.name"] == ["release-pipeline"]
+    assert related["pipeline run crashed"]["prefect.resource.name"] == list(PIPELINE_FLOWS)
+    del related["release failed"]
+    assert all(r["prefect.resource.role"] == ["flow"] for r in related.values())
+
+
+def test_templates_are_valid_for_the_server_and_name_repository_commit_outcome_and_run() -> None:
+    for name, automation in by_name().items():
+        action: Any = automation.actions[0]
+        # The server's own validation (sandboxed Jinja) of what it will render.
+        ServerSendNotification.model_validate(action.model_dump(mode="json"))
+        body = action.body
+        assert "repository" in body, name
+        assert "commit" in body, name
+        assert re.search(r"outcome", body, re.IGNORECASE), name
+        assert "ui_url" in body or "run_url" in body, name
+
+
+def test_no_webhook_url_means_off_and_a_foreign_url_is_refused_unquoted() -> None:
+    assert webhook_url_from_env({}) is None
+    assert webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: "  "}) is None
+    foreign = "https://chat.example.com/hooks/T0SECRETPART/B0SECRETPART/ZZZZ"
+    with pytest.raises(ValueError, match=ENV_SLACK_WEBHOOK_URL) as caught:
+        webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: foreign})
+    assert "SECRETPART" not in str(caught.value)
+
+
+def test_the_webhook_url_is_masked_in_logs() -> None:
+    url = "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/cccccccccccccccccccccccc"
+    secret = webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: url})
+    assert secret is not None and secret.get_secret_value() == url
+    assert "cccccccccccccccccccccccc" not in redact(f"posting to {url}")
+
+
+# -- paging is Datadog's: the monitor covers what announce sends (fast) ---------------------
+
+
+def test_the_release_monitor_pages_p1_on_the_metric_announce_sends(
+    monkeypatch: pytest.MonkeyPatch, statsd: StatsdListener
+) -> None:
+    # What a production worker's flow run sends: DD_ENV becomes the env tag.
+    monkeypatch.setenv("DD_ENV", "production")
+    metrics = Metrics("127.0.0.1", statsd.port)
+    try:
+        metrics.release_outcome("failed", REPOSITORY)
+        metrics.release_outcome("rolled_back", REPOSITORY)
+        sent = statsd.receive(2)
+    finally:
+        metrics.close()
+    text = MONITORS.read_text()
+    block = text[text.index('resource "datadog_monitor" "release_failed"') :]
+    block = block[: block.index('\nresource "')]
+    query = re.search(r'query\s*=\s*"(.+)"', block)
+    assert query is not None
+    for datagram in sent:
+        outcome = datagram.tag("outcome")
+        # The query filters on the same metric and tags the datagram carries, env included.
+        assert datagram.name == "gantry.release.outcome"
+        assert datagram.tag("env") == "production"
+        assert f"sum:{datagram.name}{{${{local.env}},outcome:{outcome}}}" in query.group(1)
+    assert 'priority = "1"' in block
+    # P1 routes to the PagerDuty P1 service when the environment pages (production does).
+    assert "${local.recipients[1]}" in block
+    assert "@pagerduty-${local.pagerduty_services.p1.name}" in text
+
+
+# -- the real thing (slow) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSlack]:
+    with FakeSlack(tmp_path_factory.mktemp("slack")) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def chat_server(
+    tmp_path_factory: pytest.TempPathFactory, slack: FakeSlack
+) -> Iterator[PrefectServer]:
+    """A Prefect server whose actions service posts to the stand-in: the proxy, the test CA
+    and loopback unproxied in its environment (PrefectServer copies this process's)."""
+    settings = StackSettings(home=tmp_path_factory.mktemp("chat-server"), prefect_port=free_port())
+    server = PrefectServer(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in slack.env().items():
+            patch.setenv(name, value)
+        server.start(timeout=120)
+    try:
+        with prefect_api(settings):
+            yield server
+    finally:
+        server.stop()
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def ours() -> list[str]:
+    async with get_client() as client:
+        return sorted(
+            a.name for a in await client.read_automations() if a.name.startswith(NAME_PREFIX)
+        )
+
+
+def drain_events() -> None:
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
+
+
+def only_message(slack: FakeSlack, before: int) -> SlackRequest:
+    """The one message after the first ``before``: waits for it, then long enough to see a
+    second one if there were going to be one."""
+    slack.wait_for_messages(before + 1, DELIVERY_SECONDS)
+    slack.wait_for_messages(before + 2, QUIET_SECONDS)
+    new = slack.messages[before:]
+    assert len(new) == 1, [m.text for m in new]
+    return new[0]
+
+
+@pytest.mark.slow
+def test_applying_twice_then_a_failed_release_posts_once_and_pages_no_one(
+    chat_server: PrefectServer, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_SLACK_WEBHOOK_URL, slack.webhook_url)
+    first = run(apply_notifications_from_env())
+    second = run(apply_notifications_from_env())
+    assert first.enabled and first.automations == second.automations and not second.removed
+    names = run(ours())
+    assert names == sorted(first.automations) and len(names) == 4
+
+    async def blocks() -> list[str]:
+        async with get_client() as client:
+            return [d.name for d in await client.read_block_documents() if d.name == BLOCK_NAME]
+
+    assert run(blocks()) == [BLOCK_NAME]
+
+    # Paging stays Datadog's: a PagerDuty stand-in behind the variables Gantry once read.
+    with FakePagerDuty() as pagerduty:
+        monkeypatch.setenv("GANTRY_PAGERDUTY_ROUTING_KEY", pagerduty.routing_key)
+        monkeypatch.setenv("GANTRY_PAGERDUTY_EVENTS_URL", pagerduty.events_url)
+        before = len(slack.messages)
+        run_url = f"{chat_server.url}/runs/flow-run/{uuid.uuid4()}"
+        record = ReleaseRecord(
+            id=f"release-{uuid.uuid4().hex[:8]}",
+            repository_slug=REPOSITORY,
+            candidate_id="cand-1",
+            commit_sha=COMMIT,
+            images={"api": "registry/api@sha256:" + "0" * 64},
+            outcome="rolled_back",
+            detail="smoke check failed; rolled back to the previous release",
+            started_at=datetime.now(UTC),
+        )
+        run(announce_release(record, run_url))
+        drain_events()
+        message = only_message(slack, before)
+        assert pagerduty.requests == []
+    assert REPOSITORY in message.text
+    assert run_url in message.text
+    assert COMMIT[:12] in message.text and "rolled back" in message.text
+    # Only Slack's host was asked for: nothing else was reached through the proxy.
+    assert set(slack.connects) == {"CONNECT hooks.slack.com:443"}
+
+
+@pytest.mark.slow
+def test_a_release_waiting_for_approval_posts_once_and_no_url_turns_it_off(
+    chat_server: PrefectServer, slack: FakeSlack
+) -> None:
+    from flows.pipelines.release import release_pipeline
+
+    run(apply_notifications(webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: slack.webhook_url})))
+
+    async def pause_a_release() -> str:
+        async with get_client() as client:
+            flow_run = await client.create_flow_run(
+                release_pipeline, parameters={"repository_name": REPOSITORY}
+            )
+            await client.set_flow_run_state(flow_run.id, Running(), force=True)
+            # What apause_flow_run proposes at the approval gate.
+            await client.set_flow_run_state(
+                flow_run.id, Paused(timeout_seconds=3600, pause_key="approval-1"), force=True
+            )
+            return str(flow_run.id)
+
+    before = len(slack.messages)
+    flow_run_id = run(pause_a_release())
+    message = only_message(slack, before)
+    assert REPOSITORY in message.text
+    assert f"/runs/flow-run/{flow_run_id}" in message.text
+    assert "approval" in message.text
+
+    # Without a webhook URL, notifications are off: the automations and the block are removed.
+    report = run(apply_notifications_from_env({}))
+    assert not report.enabled
+    assert run(ours()) == []
+    assert BLOCK_NAME in report.removed
