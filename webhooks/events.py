@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from clients.github_checks import CheckExternalId, parse_check_external_id
 from core.identity import slugify
 from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT, RELEASE_DEPLOYMENT
 from webhooks.settings import (
@@ -450,33 +451,13 @@ def _release(event: ReleaseEvent, delivery_id: str) -> PipelineRequest:
     )
 
 
-# ``pipeline:pr number or empty:flow run id``, as Gantry's check runs carry it.
-_EXTERNAL_ID = re.compile(r"(pr|merge|release):([1-9][0-9]{0,9})?:([A-Za-z0-9-]{1,64})")
-
-
-class CheckOrigin(BaseModel):
-    """Which pipeline run made a check run, from its ``external_id``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    pipeline: Pipeline
-    pr_number: int | None
-    flow_run_id: str
-
-
-def _check_origin(external_id: str | None) -> CheckOrigin | None:
-    """The origin of a Gantry check run; None for any other (or a ``pr`` one without its PR)."""
-    found = _EXTERNAL_ID.fullmatch(external_id or "")
-    if found is None:
+def _check_origin(external_id: str | None) -> CheckExternalId | None:
+    """Which Gantry pipeline run made a check run; None for any other check run."""
+    try:
+        origin = parse_check_external_id(external_id or "")
+    except ValueError:
         return None
-    pipeline, number, flow_run_id = found.groups()
-    if pipeline == "pr" and number is None:
-        return None
-    return CheckOrigin(
-        pipeline=pipeline,
-        pr_number=int(number) if number else None,
-        flow_run_id=flow_run_id,
-    )
+    return origin if origin.pipeline in ("pr", "merge", "release") else None
 
 
 def _check_run_rerun(event: CheckRunEvent, delivery_id: str) -> PipelineRequest | Ignored:
@@ -493,7 +474,7 @@ def _check_run_rerun(event: CheckRunEvent, delivery_id: str) -> PipelineRequest 
             return Ignored(reason="a merge check off the default branch starts nothing")
         return _merge_request(repo, check.head_sha, delivery_id, rerun=True)
     number = origin.pr_number
-    if number is None:  # the parser refuses a pr check without its number; for the types
+    if number is None:  # a PR's check names its PR: this one is not Gantry's
         return Ignored(reason="not a Gantry check run")
     listed = next((pr for pr in check.pull_requests if pr.number == number), None)
     return _pr_rerun(

@@ -387,6 +387,8 @@ def test_a_rerequested_release_check_starts_nothing_a_release_is_rerun_by_gantry
         f"pr::{payloads.FLOW_RUN_ID}",  # a PR check without its pull request
         "pr:42:",
         f"pr:0:{payloads.FLOW_RUN_ID}",
+        f"pr:042:{payloads.FLOW_RUN_ID}",
+        f"pr:4_2:{payloads.FLOW_RUN_ID}",
         f"pr:-1:{payloads.FLOW_RUN_ID}",
         f"pr:42:{payloads.FLOW_RUN_ID}:extra",
         "pr:42:$(id)",
