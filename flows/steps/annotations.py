@@ -44,9 +44,14 @@ MAX_TEXT = 65_535
 # tools print paths as seen in there.
 SANDBOX_CHECKOUT = PurePosixPath("/workspace")
 
-# `path:line:` at the start of a line of a pytest failure text (the traceback's locations), or
-# `path:line` ending it (pytest's "file ..., line N" setup errors end that way).
-_TRACEBACK_LOCATION = re.compile(r"^(?P<path>[^\s:][^:\n]*?):(?P<line>\d+)(?::|$)", re.MULTILINE)
+# The locations in a pytest failure text: `path:line:` starting a line (pytest's traceback
+# entries), `path:line` ending one (its "file ..., line N" setup errors end so), or Python's own
+# `File "path", line N` (an error raised while importing a module, a SyntaxError).
+_TRACEBACK_LOCATION = re.compile(
+    r"^(?P<path>[^\s:][^:\n]*?):(?P<line>\d+)(?::|$)"
+    r'|File "(?P<py_path>[^"\n]+)", line (?P<py_line>\d+)',
+    re.MULTILINE,
+)
 # One line of mypy's output: `path:line[:col[:end_line:end_col]]: error|note: message  [code]`.
 _MYPY_LINE = re.compile(
     r"^(?P<path>[^:\n]+?):(?P<line>\d+)(?::(?P<col>\d+))?(?::(?P<end_line>\d+):(?P<end_col>\d+))?"
@@ -286,8 +291,9 @@ def _failures(root: ET.Element) -> Iterator[tuple[ET.Element, ET.Element]]:
 def _last_location(text: str, paths: CheckoutPaths, only: str | None = None) -> tuple[str, int]:
     found: tuple[str, int] | None = None
     for match in _TRACEBACK_LOCATION.finditer(text):
-        path = paths.relative(match["path"].strip())
-        line = int(match["line"]) if len(match["line"]) < 10 else 0
+        raw_path, raw_line = match["path"] or match["py_path"], match["line"] or match["py_line"]
+        path = paths.relative(raw_path.strip())
+        line = int(raw_line) if len(raw_line) < 10 else 0
         if path is not None and line >= 1 and (only is None or path == only):
             found = (path, line)
     if found is None:
