@@ -137,7 +137,10 @@ def check_key(
         digest = inputs_digest(workspace, step.inputs)
     except (CacheKeyError, OSError, subprocess.TimeoutExpired):
         return None
-    shape = {"network": step.network, **sandbox.model_dump(exclude={"image"})}
+    # The report a step declares is part of its result (the annotations parsed from it): a pass
+    # cached before the report was declared carries none, so it must not be re-used.
+    report = step.report.model_dump() if step.report is not None else None
+    shape = {"network": step.network, "report": report, **sandbox.model_dump(exclude={"image"})}
     toolchain = toolchain_identity(sandbox, SandboxSettings().runner)
     return step_key(
         stage, step.command, step.env, digest, toolchain=toolchain, sandbox=shape, scope=scope

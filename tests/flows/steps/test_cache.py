@@ -252,11 +252,14 @@ def test_the_key_follows_the_sandbox_toolchain_limits_and_network_of_gantry_toml
         keys.append(check_key("lint", checks, sandbox, repo.path, {}))
     outside = Checks.model_validate({"lint": {**step, "network": "outside"}})
     keys.append(check_key("lint", outside, sandbox, repo.path, {}))
+    report = {"format": "ruff", "path": "ruff.json"}
+    reported = Checks.model_validate({"lint": {**step, "network": "outside", "report": report}})
+    keys.append(check_key("lint", reported, sandbox, repo.path, {}))
     assert None not in keys
-    assert len(set(keys)) == 4
+    assert len(set(keys)) == 5
     # A step that rewrites the checkout's gantry.toml changes neither the key nor the sandbox.
     (repo.path / "gantry.toml").write_text("[checks\n")
-    assert check_key("lint", outside, sandbox, repo.path, {}) == keys[-1]
+    assert check_key("lint", reported, sandbox, repo.path, {}) == keys[-1]
 
 
 def test_the_key_follows_the_toolchain_and_the_scope() -> None:
