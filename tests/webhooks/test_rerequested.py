@@ -1,9 +1,11 @@
-"""A re-run button's delivery starts exactly one new run of the real ``pr`` deployment.
+"""A re-run button's delivery starts exactly one new run of the ``pr`` deployment.
 
-The local stack applies prefect.yaml (the real pipelines), runs the receiver, its dispatcher
-process and a worker: a pull request's run finishes, then a signed ``check_run``
-``rerequested`` delivery for one of its checks makes one more run of the same commit, and
-the same delivery again (GitHub's redelivery keeps the id) makes none.
+On the local stack, which applies prefect.yaml (the real pipelines) and runs the receiver, its
+dispatcher process and a worker: a pull request's run finishes, then a signed ``check_run``
+``rerequested`` delivery for one of its checks makes one more run of the same commit, and the
+same delivery again (GitHub's redelivery keeps the id) makes none. The same through the
+receiver's own dispatcher against the stand-in deployments of the dispatch tests (no worker):
+a Scheduled run is what a dispatch makes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +23,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 
+from deployments.prefect_server import PrefectServer
 from deployments.stack import Stack
+from tests.plugins.deadlines import wait_for
 from tests.plugins.gitrepo import GitRepo, gantry_toml
+from tests.plugins.prefect_server import prefect_api
 from tests.plugins.stack import WEBHOOK_SECRET
 from tests.webhooks import payloads
+from tests.webhooks.flows_for_tests import register_deployments
+from tests.webhooks.served import ServedReceiver, receiver_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PY = sys.executable
@@ -31,8 +39,14 @@ NUMBER = 42
 
 
 def post(stack: Stack, event: str, payload: dict[str, Any], delivery_id: str) -> httpx.Response:
-    body, headers = payloads.signed(event, payload, delivery_id=delivery_id, secret=WEBHOOK_SECRET)
-    return httpx.post(stack.settings.webhook_url, content=body, headers=headers, timeout=10)
+    return post_to(stack.settings.webhook_url, event, payload, delivery_id, WEBHOOK_SECRET)
+
+
+def post_to(
+    url: str, event: str, payload: dict[str, Any], delivery_id: str, secret: str
+) -> httpx.Response:
+    body, headers = payloads.signed(event, payload, delivery_id=delivery_id, secret=secret)
+    return httpx.post(url, content=body, headers=headers, timeout=10)
 
 
 def runs_tagged(*tags: str) -> list[FlowRun]:
@@ -123,3 +137,36 @@ def test_a_rerequested_check_starts_exactly_one_new_run_of_the_pr_deployment(
     time.sleep(2)
     assert [r.id for r in runs_tagged(f"delivery:{delivery_id}")] == [rerun.id]
     assert {r.id for r in runs_tagged(f"pr:{NUMBER}", f"repo:{name}")} == {first.id, rerun.id}
+
+
+@pytest.fixture(scope="module")
+def stand_ins(prefect_server: PrefectServer) -> PrefectServer:
+    with prefect_api(prefect_server.settings):
+        asyncio.run(register_deployments())
+    return prefect_server
+
+
+def test_a_rerequested_check_makes_one_scheduled_run_through_the_receivers_dispatcher(
+    stand_ins: PrefectServer, tmp_path: Path
+) -> None:
+    rerequest = payloads.check_run(external_id=f"pr:{NUMBER}:{payloads.FLOW_RUN_ID}")
+    delivery_id = payloads.new_delivery_id()
+    with ServedReceiver(receiver_settings(tmp_path)) as served:
+        url = served.url + "/webhooks/github"
+        first = post_to(url, "check_run", rerequest, delivery_id, payloads.SECRET)
+        assert first.status_code == 202 and first.json()["pipeline"] == "pr"
+
+        def dispatched() -> bool:
+            found = served.store.get(delivery_id)
+            return found is not None and found.status == "dispatched"
+
+        wait_for("the rerequest's run", dispatched, 60)
+        again = post_to(url, "check_run", rerequest, delivery_id, payloads.SECRET)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        time.sleep(1)  # a second dispatch, were there one, has had its chance
+    (run,) = runs_tagged(f"delivery:{delivery_id}")
+    assert deployment_name(run) == "pr"
+    assert run.name == f"pr-{NUMBER}-{payloads.SHA[:7]}-rerun"
+    assert {"rerun", f"pr:{NUMBER}", "repo:acme/api"} <= set(run.tags)
+    assert run.parameters["sha"] == payloads.SHA and run.parameters["pr_number"] == NUMBER
+    assert run.idempotency_key == delivery_id
