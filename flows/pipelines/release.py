@@ -33,6 +33,7 @@ from flows.pipelines.observers import (
 )
 from flows.pipelines.stages import PipelineSummary, finish, finish_cancelled, run_stage
 from flows.records.announce import announce_release
+from flows.records.board import board_after
 from flows.records.store import (
     Outcome,
     ReleaseCandidate,
@@ -259,7 +260,9 @@ async def release_pipeline(
     # UI routes, and it answers "None/..." when no UI address is set.
     await announce_release(record, flow_run_url(flow_run.get_id()))
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
-    return await finish(context, [provenance, approval, *stages], started, data)
+    return await board_after(
+        identity, await finish(context, [provenance, approval, *stages], started, data)
+    )
 
 
 async def _approval_stage(
