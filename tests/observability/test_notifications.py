@@ -37,6 +37,7 @@ from deployments.notifications import (
     webhook_url_from_env,
 )
 from deployments.prefect_server import PrefectServer
+from deployments.stack import Stack
 from flows.records.announce import RELEASE_FAILED_EVENT, announce_release
 from flows.records.store import ReleaseRecord
 from tests.fakes.pagerduty_api import FakePagerDuty
@@ -224,11 +225,12 @@ def test_applying_twice_then_a_failed_release_posts_once_and_pages_no_one(
     chat_server: PrefectServer, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_SLACK_WEBHOOK_URL, slack.webhook_url)
-    first = run(apply_notifications_from_env())
-    second = run(apply_notifications_from_env())
-    assert first.enabled and first.automations == second.automations and not second.removed
+    # What `gantry up` runs, twice: one block and one automation of each name.
+    stack = Stack(chat_server.settings)
+    assert stack.apply_notifications() == stack.apply_notifications()
     names = run(ours())
-    assert names == sorted(first.automations) and len(names) == 4
+    assert names == sorted(a.name for a in notification_automations(uuid.uuid4()))
+    assert len(names) == 4
 
     async def blocks() -> list[str]:
         async with get_client() as client:
@@ -293,5 +295,6 @@ def test_a_release_waiting_for_approval_posts_once_and_no_url_turns_it_off(
     # Without a webhook URL, notifications are off: the automations and the block are removed.
     report = run(apply_notifications_from_env({}))
     assert not report.enabled
+    assert report.summary() == f"chat notifications are off ({ENV_SLACK_WEBHOOK_URL} is not set)"
     assert run(ours()) == []
     assert BLOCK_NAME in report.removed
