@@ -206,6 +206,10 @@ class Dispatcher:
         """
         if request.pipeline != "pr" or request.pr_number is None:
             return []
+        if "rerun" in request.tags:
+            # A re-run button asks for one more run of one commit, often an older one: only a
+            # push says which commit is newest, so a re-run never cancels another run.
+            return []
         pr_tags = ["pipeline:pr", f"repo:{request.repository_name}", f"pr:{request.pr_number}"]
         cancelled: list[FlowRun] = []
         try:

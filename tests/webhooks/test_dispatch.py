@@ -218,6 +218,30 @@ async def test_a_newer_push_cancels_the_older_pr_runs_but_not_merge_runs(
     assert await state_of(merge) == StateType.SCHEDULED
 
 
+async def test_a_rerun_of_an_older_commit_cancels_no_newer_run(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    pushed = payloads.new_delivery_id()
+    newest = payloads.pull_request(action="synchronize", number=81, sha="a" * 40)
+    assert (await post(http, "pull_request", newest, pushed)).status_code == 202
+    await eventually(dispatched(served.store, pushed))
+    (running,) = await runs_tagged(prefect, f"delivery:{pushed}")
+    await prefect.set_flow_run_state(running.id, Running(), force=True)
+
+    # The re-run button of the PR's older commit (its check run names PR 81).
+    rerun = payloads.new_delivery_id()
+    older = payloads.check_run(
+        external_id=f"pr:81:{payloads.FLOW_RUN_ID}",
+        sha="b" * 40,
+        pull_requests=[payloads.check_pull_request(number=81, sha="b" * 40)],
+    )
+    assert (await post(http, "check_run", older, rerun)).status_code == 202
+    await eventually(dispatched(served.store, rerun))
+    (again,) = await runs_tagged(prefect, f"delivery:{rerun}")
+    assert "rerun" in again.tags and again.parameters["sha"] == "b" * 40
+    assert (await prefect.read_flow_run(running.id)).state_type == StateType.RUNNING
+
+
 def attempts(store: DeliveryStore, delivery_id: str) -> int:
     found = store.get(delivery_id)
     return found.attempts if found else 0
