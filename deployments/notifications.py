@@ -206,17 +206,27 @@ async def _remove_stale(keep: set[str]) -> list[str]:
     return removed
 
 
+async def _delete_block(name: str) -> bool:
+    """Delete the Slack block ``name``; False when there is none."""
+    async with get_client() as client:
+        try:
+            document = await client.read_block_document_by_name(
+                name, block_type_slug=SlackWebhook.get_block_type_slug()
+            )
+        except ObjectNotFound:
+            return False
+        await client.delete_block_document(document.id)
+    return True
+
+
 async def apply_notifications(
     webhook_url: SecretStr | None, block_name: str = BLOCK_NAME
 ) -> NotificationsReport:
     """Create or update the block and automations; with no URL, remove them (off)."""
     if webhook_url is None:
         removed = await _remove_stale(keep=set())
-        try:
-            await SlackWebhook.adelete(block_name)
+        if await _delete_block(block_name):
             removed.append(block_name)
-        except ObjectNotFound:
-            pass
         return NotificationsReport(enabled=False, removed=sorted(removed))
     register_secret(webhook_url)
     block_id = await SlackWebhook(url=webhook_url).asave(block_name, overwrite=True)
