@@ -298,3 +298,5 @@ def test_a_release_waiting_for_approval_posts_once_and_no_url_turns_it_off(
     assert report.summary() == f"chat notifications are off ({ENV_SLACK_WEBHOOK_URL} is not set)"
     assert run(ours()) == []
     assert BLOCK_NAME in report.removed
+    # Off again, with nothing left to remove (`gantry up` on a fresh stack): nothing to do.
+    assert run(apply_notifications_from_env({})).removed == []
