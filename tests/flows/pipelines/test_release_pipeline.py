@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
@@ -296,9 +303,33 @@ def test_two_releases_at_once_are_serialized(service: Service, approvers: Approv
                 )
 
         by_name = {t.name: t for t in asyncio.run(tasks())}
-        windows.append((by_name["deploy-production"].start_time, by_name["smoke"].end_time))
-    (_, a_end), (b_start, _) = sorted(windows)
+        asked = lock_asked_at(run_id)
+        windows.append((by_name["deploy-production"].start_time, by_name["smoke"].end_time, asked))
+    (_, a_end, _), (b_start, _, b_asked) = sorted(windows)
+    # The two were in flight together: the second asked for the production lock while the
+    # first still held it (deployed, not yet smoke-tested), and it deployed only after.
+    assert b_asked < a_end
     assert a_end <= b_start
+
+
+HOLDING = re.compile(r"holding deploy-production-\S+ \(waited (?P<waited>[0-9.]+) s\)")
+
+
+def lock_asked_at(run_id: str) -> datetime:
+    """When a release asked for the production deploy lock: its "holding" log line less the wait."""
+
+    async def logs() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)]))
+            )
+
+    for log in asyncio.run(logs()):
+        found = HOLDING.search(log.message)
+        if found:
+            asked: datetime = log.timestamp - timedelta(seconds=float(found["waited"]))
+            return asked
+    raise AssertionError(f"release {run_id} never logged that it held the production lock")
 
 
 def rollback_cli(stack: Stack, service: Service) -> subprocess.CompletedProcess[str]:
