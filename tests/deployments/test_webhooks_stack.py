@@ -23,6 +23,7 @@ from core.ports import free_port
 from core.settings import StackSettings
 from deployments.stack import Stack
 from tests.fakes.github_api import FakeGitHub
+from tests.plugins.deadlines import pids_with, wait_for
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.stack import WEBHOOK_SECRET
 
@@ -48,10 +49,14 @@ def post(stack: Stack, event: str, payload: dict[str, Any], delivery: str, secre
 
 
 def runs_for(delivery: str) -> list[FlowRun]:
+    return runs_tagged(f"delivery:{delivery}")
+
+
+def runs_tagged(tag: str) -> list[FlowRun]:
     async def read() -> list[FlowRun]:
         async with get_client() as client:
             return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"delivery:{delivery}"]))
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
             )
 
     return asyncio.run(read())
@@ -143,6 +148,14 @@ def test_a_signed_pull_request_starts_one_run_that_reports_commit_statuses(
     assert "sha256=" not in everything
 
 
+def run_states(run_id: uuid.UUID) -> list[Any]:
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_run_states(run_id)
+
+    return asyncio.run(read())
+
+
 def run_logs(run_id: uuid.UUID) -> list[str]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -154,6 +167,34 @@ def run_logs(run_id: uuid.UUID) -> list[str]:
         return [log.message for log in logs]
 
     return asyncio.run(read())
+
+
+def test_a_newer_push_to_a_pull_request_stops_the_older_runs_steps(local_stack: Stack) -> None:
+    name = f"acme/superseded-{uuid.uuid4().hex[:6]}"
+    repo = hosted(local_stack, name)
+    # The marker rides in the step's argv, so its process can be found on this machine.
+    marker = f"superseded-{uuid.uuid4().hex}"
+    hang = [PY, "-c", "import time; time.sleep(600)", marker]
+    old_sha = repo.commit({"gantry.toml": gantry_toml(lint=hang)})
+    payload = pr_payload(name, old_sha, 9, "feature", "https://github.com/acme/x.git")
+    assert post(local_stack, "pull_request", payload, str(uuid.uuid4()), WEBHOOK_SECRET) == 202
+    wait_for("the first run's lint step to start", lambda: pids_with(marker), 180)
+
+    new_sha = repo.commit({"gantry.toml": gantry_toml(lint=[PY, "-c", "print('ok')"])})
+    payload = pr_payload(name, new_sha, 9, "feature", "https://github.com/acme/x.git")
+    payload["action"] = "synchronize"
+    assert post(local_stack, "pull_request", payload, str(uuid.uuid4()), WEBHOOK_SECRET) == 202
+
+    # The old run's step is gone long before its own 600 s: superseding stopped it.
+    wait_for("the superseded run's step to stop", lambda: not pids_with(marker), 90)
+    runs = {run.parameters["sha"]: run for run in runs_tagged(f"repo:{name}")}
+    assert set(runs) == {old_sha, new_sha}, [(r.name, r.tags) for r in runs.values()]
+    old_final = wait_final(runs[old_sha].id)
+    assert old_final.state is not None and old_final.state.is_cancelled()
+    states = run_states(runs[old_sha].id)
+    assert any("superseded by" in (state.message or "") for state in states)
+    new_final = wait_final(runs[new_sha].id)
+    assert new_final.state is not None and new_final.state.is_completed()
 
 
 def test_a_bad_signature_starts_nothing(local_stack: Stack) -> None:

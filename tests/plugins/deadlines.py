@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,11 +14,14 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], seconds: float) -> T:
-    """Poll until ``probe`` answers (not None, not False); fail naming ``what`` at the deadline."""
+    """Poll until ``probe`` answers (not None, not False, not empty); fail naming ``what`` at
+    the deadline. An empty list is no answer: ``pids_with(marker)`` finding nothing yet must
+    keep the wait going, not end it."""
     deadline = time.monotonic() + seconds
     while True:
         value = probe()
-        if value is not None and value is not False:
+        empty = isinstance(value, Sized) and not isinstance(value, str) and len(value) == 0
+        if value is not None and value is not False and not empty:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {seconds:.0f} s")
