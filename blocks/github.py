@@ -37,8 +37,9 @@ class GitHubCredentials(Block):
 
     _block_type_name = "Gantry GitHub"
     _description = (
-        "GitHub REST API endpoint and credentials Gantry uses for commit statuses, deployments "
-        "and webhook redelivery: a fine-grained token, or a GitHub App installation."
+        "GitHub REST API endpoint and credentials Gantry uses for stage results, deployments "
+        "and webhook redelivery: a GitHub App installation (check runs with annotations and "
+        "re-run buttons), or a fine-grained token (commit statuses)."
     )
     _documentation_url = HttpUrl("https://docs.github.com/en/rest")
 
@@ -53,7 +54,8 @@ class GitHubCredentials(Block):
         default=None, description="Token with commit statuses and deployments write access."
     )
     app_id: str | None = Field(
-        default=None, description="GitHub App client ID or app ID (instead of a token)."
+        default=None,
+        description="GitHub App client ID or app ID (instead of a token; check runs need an App).",
     )
     private_key: SecretStr | None = Field(default=None, description="GitHub App private key (PEM).")
     installation_id: int | None = Field(
@@ -62,8 +64,8 @@ class GitHubCredentials(Block):
     ui_url: str | None = Field(
         default=None,
         description=(
-            "Prefect UI base URL people reach from GitHub; commit statuses link to "
-            "flow runs there. Defaults to the Prefect UI URL setting."
+            "Prefect UI base URL people reach from GitHub; check runs and commit statuses "
+            "link to flow runs there. Defaults to the Prefect UI URL setting."
         ),
     )
 
