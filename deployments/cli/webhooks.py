@@ -53,6 +53,7 @@ def reconcile(
     """Ask GitHub to redeliver the deliveries the receiver never recorded."""
     from blocks.github import load_github_credentials
     from clients.github import GitHubClient
+    from clients.github_errors import GitHubError
     from flows.records.dora import parse_since
     from webhooks.reconcile import reconcile as run_reconcile
     from webhooks.settings import StoreSettings
@@ -74,7 +75,12 @@ def reconcile(
         async with GitHubClient.from_credentials(credentials) as client:
             return await run_reconcile(client, repo, hook_id, store.is_recorded, start)
 
-    redelivered = asyncio.run(go())
+    try:
+        redelivered = asyncio.run(go())
+    except GitHubError as exc:
+        # GitHub's answer (bad credentials, no such hook): said plainly, never a traceback.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps({"redelivered": redelivered}))
     else:
