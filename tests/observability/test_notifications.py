@@ -9,7 +9,10 @@ real apprise Slack plugin, the real automations, and no request off the machine.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,7 +39,7 @@ from deployments.notifications import (
     notification_automations,
     webhook_url_from_env,
 )
-from deployments.prefect_server import PrefectServer
+from deployments.prefect_server import PrefectServer, venv_bin
 from deployments.stack import Stack
 from flows.records.announce import RELEASE_FAILED_EVENT, announce_release
 from flows.records.store import ReleaseRecord
@@ -300,3 +303,44 @@ def test_a_release_waiting_for_approval_posts_once_and_no_url_turns_it_off(
     assert BLOCK_NAME in report.removed
     # Off again, with nothing left to remove (`gantry up` on a fresh stack): nothing to do.
     assert run(apply_notifications_from_env({})).removed == []
+
+
+@pytest.mark.slow
+def test_the_cli_applies_to_the_server_prefect_api_url_names(
+    chat_server: PrefectServer, slack: FakeSlack
+) -> None:
+    # What a production deploy runs: the cluster's Prefect from the environment, no local stack.
+    settings = chat_server.settings
+    base = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GANTRY_"))},
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_API_AUTH_STRING": settings.api_auth_string(),
+    }
+
+    def apply(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [venv_bin("gantry"), "notifications", "apply", "--json"],
+            env={**base, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    on = apply(**{ENV_SLACK_WEBHOOK_URL: slack.webhook_url})
+    assert on.returncode == 0, on.stderr
+    report = json.loads(on.stdout)
+    assert report["enabled"] is True and len(report["automations"]) == 4
+    assert run(ours()) == sorted(report["automations"])
+    assert slack.webhook_url not in on.stdout + on.stderr
+
+    foreign = "https://chat.example.com/hooks/T0/B0/not-for-your-eyes"
+    refused = apply(**{ENV_SLACK_WEBHOOK_URL: foreign})
+    assert refused.returncode == 2
+    assert ENV_SLACK_WEBHOOK_URL in refused.stderr and "not-for-your-eyes" not in refused.stderr
+    assert run(ours()) == sorted(report["automations"])  # a refused URL changes nothing
+
+    off = apply()
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["enabled"] is False
+    assert run(ours()) == []
