@@ -21,7 +21,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from clients.retry import RetryPolicy, retry_call
-from core.ports import free_port
+from core.ports import free_port, port_is_free
 from flows.config import Image
 from flows.deploy.targets import (
     DeployError,
@@ -243,10 +243,9 @@ class LocalContainerTarget:
         specs = {spec.name: spec for spec in request.image_specs}
         client = self._client()
         try:
-            previous = {
-                n: c.labels[f"{LABEL}.ref"]
-                for n, c in self._live(client, request.repository_slug, request.environment).items()
-            }
+            live = self._live(client, request.repository_slug, request.environment)
+            previous = {n: c.labels[f"{LABEL}.ref"] for n, c in live.items()}
+            self._refuse_taken_ports(request, live, previous)
             done: list[str] = []
             for name, ref in sorted(request.images.items()):
                 spec = specs.get(name) or Image(name=name)
@@ -274,6 +273,32 @@ class LocalContainerTarget:
             previous_images=previous,
             detail=f"{len(done)} container(s) on {self.host}",
         )
+
+    def _refuse_taken_ports(
+        self, request: DeployRequest, live: dict[str, Container], previous: dict[str, str]
+    ) -> None:
+        """Refuse the deploy when an environment port is held by anything but our live container.
+
+        A swap stops and renames the live container before the new one binds the port; were the
+        port held by another program, the bind would fail after the old version was stopped. So
+        each port is checked before anything is touched: free, or published by the very live
+        container the swap replaces (stopping it frees the port).
+        """
+        for name in sorted(request.images):
+            port = self._port(request.repository_slug, request.environment, name)
+            if port_is_free(self.host, port):
+                continue
+            holder = live.get(name)
+            bindings = holder.ports.values() if holder is not None else []
+            if any(str(port) == b.get("HostPort") for bound in bindings for b in bound or []):
+                continue
+            raise DeployError(
+                f"deploy to {request.environment} failed: port {port} on {self.host} (for "
+                f"{name}) is taken by another program; nothing was stopped, stop that program "
+                f"or set GANTRY_{request.environment.upper()}_PORT to a free port",
+                rolled_back=False,
+                previous_images=previous,
+            )
 
     def _failure(
         self,
