@@ -1,8 +1,10 @@
-"""The receiver served for real by uvicorn, in a thread with its own event loop."""
+"""The receiver served for real by uvicorn, in a thread with its own event loop, and the real
+deployments of prefect.yaml it dispatches to."""
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import socket
 import threading
 import time
@@ -11,7 +13,11 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.flows import Flow, load_flow_from_entrypoint
 
+from deployments.prefect_server import PrefectServer
+from deployments.stack import PROJECT_DIR, Stack
 from tests.webhooks import payloads
 from webhooks.app import create_app
 from webhooks.server import server_config
@@ -81,3 +87,39 @@ def receiver_settings(home: Path) -> ReceiverSettings:
         webhook_backoff_initial=0.2,
         webhook_backoff_cap=1.0,
     )
+
+
+# The Prefect servers of this session that prefect.yaml was applied to: `prefect deploy` takes
+# seconds, and every module that dispatches shares what it registered.
+_APPLIED: set[str] = set()
+
+
+def real_deployments(server: PrefectServer) -> PrefectServer:
+    """prefect.yaml's pr, merge and release deployments on ``server``, applied as `gantry up`
+    applies them (the work pool, then `prefect deploy --all`): the real flows' entrypoints and
+    parameter schemas, which Prefect enforces when a run is created. No worker: a dispatch
+    makes a Scheduled run, and nothing executes it."""
+    url = server.settings.prefect_api_url
+    if url not in _APPLIED:
+        stack = Stack(server.settings)
+        stack.ensure_work_pool()
+        stack.apply_deployments()
+        _APPLIED.add(url)
+    return server
+
+
+@functools.cache
+def _flow_at(entrypoint: str) -> Flow[..., Any]:
+    return load_flow_from_entrypoint(str(PROJECT_DIR / entrypoint))
+
+
+def bound_by_the_real_flow(
+    deployment: DeploymentResponse, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """``parameters`` bound to the flow the deployment's entrypoint names, as the worker's
+    engine binds them when the run starts; SignatureMismatchError for a name the flow does not
+    take. Prefect's server checks types and required parameters at run creation, but its
+    parameter schema lets other names through: only this finds a parameter the flow lost."""
+    assert deployment.entrypoint is not None
+    bound: dict[str, Any] = _flow_at(deployment.entrypoint).validate_parameters(parameters)
+    return bound

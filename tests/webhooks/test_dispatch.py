@@ -1,9 +1,11 @@
 """Deliveries become flow runs on a real Prefect server: once each, whatever arrives twice,
 through an outage of the server and a restart of the receiver; PR runs supersede older ones.
 
-Stand-in flows are deployed (no worker): a flow run created in the Scheduled state is what a
-dispatch produces. One Prefect server serves the whole module; the outage test stops and
-restarts it, so it runs last.
+The deployments are prefect.yaml's, applied as `gantry up` applies them: the real pipelines'
+entrypoints and parameter schemas, enforced by Prefect when a run is created. No worker runs
+them: a Scheduled run whose parameters Prefect accepted, and that the real flow binds as the
+engine would at its start, is what a dispatch produces. One Prefect server serves the whole
+module; the outage test stops and restarts it, so it runs last.
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import SignatureMismatchError
 from prefect.states import Running
 
 from core.settings import prefect_env
 from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
-from tests.webhooks.flows_for_tests import register_deployments
-from tests.webhooks.served import ServedReceiver, receiver_settings
+from tests.webhooks.served import (
+    ServedReceiver,
+    bound_by_the_real_flow,
+    real_deployments,
+    receiver_settings,
+)
 from webhooks.events import PipelineRequest, map_event
 from webhooks.store import Delivery, DeliveryStore, SqliteStore
 
@@ -49,8 +57,7 @@ def anyio_backend() -> str:
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
     # Module-scoped: set up before the per-test Prefect settings, so name the server.
     with prefect_api(prefect_server.settings):
-        asyncio.run(register_deployments())
-    return prefect_server
+        return real_deployments(prefect_server)
 
 
 @pytest.fixture
@@ -100,6 +107,30 @@ async def runs_tagged(client: PrefectClient, *tags: str) -> list[FlowRun]:
     )
 
 
+async def the_run_of(client: PrefectClient, store: DeliveryStore, delivery_id: str) -> FlowRun:
+    recorded = store.get(delivery_id)
+    assert recorded is not None and recorded.flow_run_id is not None
+    return await client.read_flow_run(UUID(recorded.flow_run_id))
+
+
+async def deployment_of(client: PrefectClient, run: FlowRun) -> DeploymentResponse:
+    assert run.deployment_id is not None
+    return await client.read_deployment(run.deployment_id)
+
+
+async def assert_a_run_of_the_real(
+    client: PrefectClient, run: FlowRun, name: str, entrypoint: str
+) -> None:
+    """``run`` is of prefect.yaml's deployment ``name``, which Prefect checks parameters for,
+    and the real flow takes every parameter it carries."""
+    deployment = await deployment_of(client, run)
+    assert (deployment.name, deployment.entrypoint) == (name, entrypoint)
+    # prefect.yaml leaves enforcement to Prefect's default: on.
+    assert deployment.enforce_parameter_schema is True
+    assert run.state_type == StateType.SCHEDULED
+    bound_by_the_real_flow(deployment, run.parameters)
+
+
 async def test_a_pr_delivery_becomes_one_scheduled_flow_run_named_and_tagged(
     served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
 ) -> None:
@@ -111,10 +142,10 @@ async def test_a_pr_delivery_becomes_one_scheduled_flow_run_named_and_tagged(
     recorded = served.store.get(delivery_id)
     assert recorded is not None and recorded.flow_run_id is not None
     run = await prefect.read_flow_run(UUID(recorded.flow_run_id))
+    await assert_a_run_of_the_real(prefect, run, "pr", "flows/pipelines/pr.py:pr_pipeline")
     assert run.name == f"pr-4201-{payloads.SHA[:7]}"
     assert {"repo:acme/api", "pr:4201", f"delivery:{delivery_id}"} <= set(run.tags)
     assert run.idempotency_key == delivery_id
-    assert run.state_type == StateType.SCHEDULED
     assert run.parameters == {
         "repository": None,
         "sha": payloads.SHA,
@@ -146,16 +177,107 @@ async def test_fifty_concurrent_duplicates_make_exactly_one_flow_run(
     assert runs[0].name == f"merge-main-{payloads.SHA[:7]}"
 
 
-async def test_a_release_delivery_starts_the_release_deployment(
+async def test_a_push_delivery_starts_the_merge_deployment_with_parameters_its_flow_takes(
     served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
 ) -> None:
     delivery_id = payloads.new_delivery_id()
-    await post(http, "release", payloads.release(tag="v9.9.9"), delivery_id)
+    response = await post(http, "push", payloads.push(after="9" * 40), delivery_id)
+    assert response.status_code == 202
     await eventually(dispatched(served.store, delivery_id))
-    (run,) = await runs_tagged(prefect, f"delivery:{delivery_id}")
-    deployment = await prefect.read_deployment(run.deployment_id)  # type: ignore[arg-type]
+
+    run = await the_run_of(prefect, served.store, delivery_id)
+    await assert_a_run_of_the_real(prefect, run, "merge", "flows/pipelines/merge.py:merge_pipeline")
+    assert run.name == f"merge-main-{'9' * 7}"
+    assert {"pipeline:merge", "repo:acme/api", f"delivery:{delivery_id}"} <= set(run.tags)
+    recorded = served.store.get(delivery_id)
+    assert recorded is not None
+    assert run.parameters == {
+        "repository": None,
+        "sha": "9" * 40,
+        "ref": "main",
+        "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
+        "received_at": recorded.received_at.isoformat(),
+    }
+
+
+async def test_a_release_delivery_starts_the_release_deployment_with_parameters_its_flow_takes(
+    served: ServedReceiver, http: httpx.AsyncClient, prefect: PrefectClient
+) -> None:
+    delivery_id = payloads.new_delivery_id()
+    response = await post(http, "release", payloads.release(tag="v9.9.9"), delivery_id)
+    assert response.status_code == 202
+    await eventually(dispatched(served.store, delivery_id))
+
+    run = await the_run_of(prefect, served.store, delivery_id)
+    await assert_a_run_of_the_real(
+        prefect, run, "release", "flows/pipelines/release.py:release_pipeline"
+    )
+    assert run.name == "release-v9-9-9"
+    assert {"pipeline:release", "repo:acme/api", f"delivery:{delivery_id}"} <= set(run.tags)
+    recorded = served.store.get(delivery_id)
+    assert recorded is not None
+    assert run.parameters == {
+        "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
+        # The newest candidate: a GitHub release names a tag, not a candidate.
+        "candidate_id": None,
+        "tag": "v9.9.9",
+        "triggered_by": "github:releaser",
+        "received_at": recorded.received_at.isoformat(),
+    }
+
+
+def drifted(event: str, payload: dict[str, Any], *, drop: str = "", **changes: Any) -> Delivery:
+    """A stored delivery whose run request the receiver made from ``payload``, then changed the
+    way a receiver out of step with the pipelines would: ``drop`` one parameter, ``changes``
+    set (or add) others."""
+    delivery_id = payloads.new_delivery_id()
+    request = map_event(event, delivery_id, payload, repositories=payloads.ALLOWLIST)
+    assert isinstance(request, PipelineRequest)
+    parameters = {k: v for k, v in request.parameters.items() if k != drop} | changes
+    return Delivery(
+        id=delivery_id,
+        event=event,
+        payload=json.dumps(payload),
+        request=request.model_copy(update={"parameters": parameters}),
+    )
+
+
+async def test_parameters_the_real_flows_do_not_take_are_refused(
+    deployed: PrefectServer, tmp_path: Path, prefect: PrefectClient
+) -> None:
+    """A receiver out of step with the pipelines is caught here, not in production. Prefect
+    refuses a run whose parameters break the real flow's schema (a wrong type, a required one
+    missing); a name the flow does not take passes Prefect's schema, which allows other
+    properties, and the real flow refuses to bind it, as the engine would at the run's start."""
+    store = SqliteStore(tmp_path / "webhooks.db")
+    mistyped = drifted("pull_request", payloads.pull_request(number=710), sha=123)
+    missing = drifted("push", payloads.push(), drop="sha")
+    renamed = drifted("release", payloads.release(tag="v7.1.0"), drop="tag", release_tag="v7.1.0")
+    for delivery in (mistyped, missing, renamed):
+        assert store.add(delivery)
+
+    def settled() -> bool:
+        return all(
+            getattr(store.get(d.id), "status", None) in ("failed", "dispatched")
+            for d in (mistyped, missing, renamed)
+        )
+
+    with ServedReceiver(receiver_settings(tmp_path), SqliteStore(tmp_path / "webhooks.db")):
+        await eventually(settled)
+    for refused in (mistyped, missing):
+        recorded = store.get(refused.id)
+        assert recorded is not None and recorded.status == "failed"
+        # Prefect's answer to parameters that break the deployment's schema.
+        assert recorded.last_error is not None and "409 Conflict" in recorded.last_error
+        assert await runs_tagged(prefect, f"delivery:{refused.id}") == []
+
+    run = await the_run_of(prefect, store, renamed.id)
+    deployment = await deployment_of(prefect, run)
     assert deployment.name == "release"
-    assert run.parameters["tag"] == "v9.9.9" and run.parameters["triggered_by"] == "github:releaser"
+    with pytest.raises(SignatureMismatchError, match="release_tag"):
+        bound_by_the_real_flow(deployment, run.parameters)
 
 
 INJECTIONS = [
