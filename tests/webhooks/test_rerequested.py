@@ -4,8 +4,8 @@ On the local stack, which applies prefect.yaml (the real pipelines) and runs the
 dispatcher process and a worker: a pull request's run finishes, then a signed ``check_run``
 ``rerequested`` delivery for one of its checks makes one more run of the same commit, and the
 same delivery again (GitHub's redelivery keeps the id) makes none. The same through the
-receiver's own dispatcher against the stand-in deployments of the dispatch tests (no worker):
-a Scheduled run is what a dispatch makes.
+receiver's own dispatcher against prefect.yaml's deployments on a plain Prefect server (no
+worker): a Scheduled run of the real ``pr`` deployment, with parameters its flow binds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
 
 from deployments.prefect_server import PrefectServer
 from deployments.stack import Stack
@@ -30,8 +31,12 @@ from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.prefect_server import prefect_api
 from tests.plugins.stack import WEBHOOK_SECRET
 from tests.webhooks import payloads
-from tests.webhooks.flows_for_tests import register_deployments
-from tests.webhooks.served import ServedReceiver, receiver_settings
+from tests.webhooks.served import (
+    ServedReceiver,
+    bound_by_the_real_flow,
+    real_deployments,
+    receiver_settings,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PY = sys.executable
@@ -59,13 +64,17 @@ def runs_tagged(*tags: str) -> list[FlowRun]:
     return asyncio.run(read())
 
 
-def deployment_name(run: FlowRun) -> str:
-    async def read() -> str:
+def deployment_of(run: FlowRun) -> DeploymentResponse:
+    async def read() -> DeploymentResponse:
         assert run.deployment_id is not None
         async with get_client() as client:
-            return (await client.read_deployment(run.deployment_id)).name
+            return await client.read_deployment(run.deployment_id)
 
     return asyncio.run(read())
+
+
+def deployment_name(run: FlowRun) -> str:
+    return deployment_of(run).name
 
 
 def the_run_of(delivery_id: str, timeout: float = 60) -> FlowRun:
@@ -140,14 +149,13 @@ def test_a_rerequested_check_starts_exactly_one_new_run_of_the_pr_deployment(
 
 
 @pytest.fixture(scope="module")
-def stand_ins(prefect_server: PrefectServer) -> PrefectServer:
+def deployed(prefect_server: PrefectServer) -> PrefectServer:
     with prefect_api(prefect_server.settings):
-        asyncio.run(register_deployments())
-    return prefect_server
+        return real_deployments(prefect_server)
 
 
 def test_a_rerequested_check_makes_one_scheduled_run_through_the_receivers_dispatcher(
-    stand_ins: PrefectServer, tmp_path: Path
+    deployed: PrefectServer, tmp_path: Path
 ) -> None:
     rerequest = payloads.check_run(external_id=f"pr:{NUMBER}:{payloads.FLOW_RUN_ID}")
     delivery_id = payloads.new_delivery_id()
@@ -164,9 +172,25 @@ def test_a_rerequested_check_makes_one_scheduled_run_through_the_receivers_dispa
         again = post_to(url, "check_run", rerequest, delivery_id, payloads.SECRET)
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
         time.sleep(1)  # a second dispatch, were there one, has had its chance
+        recorded = served.store.get(delivery_id)
     (run,) = runs_tagged(f"delivery:{delivery_id}")
-    assert deployment_name(run) == "pr"
+    deployment = deployment_of(run)
+    assert (deployment.name, deployment.entrypoint) == ("pr", "flows/pipelines/pr.py:pr_pipeline")
+    assert deployment.enforce_parameter_schema is True
+    assert run.state_type == StateType.SCHEDULED
     assert run.name == f"pr-{NUMBER}-{payloads.SHA[:7]}-rerun"
     assert {"rerun", f"pr:{NUMBER}", "repo:acme/api"} <= set(run.tags)
-    assert run.parameters["sha"] == payloads.SHA and run.parameters["pr_number"] == NUMBER
     assert run.idempotency_key == delivery_id
+    assert recorded is not None
+    # The check run's commit and PR, as a pull_request delivery would have started them.
+    assert run.parameters == {
+        "repository": None,
+        "sha": payloads.SHA,
+        "pr_number": NUMBER,
+        "head_ref": "feature/x",
+        "fork": False,
+        "repository_name": "acme/api",
+        "repository_id": payloads.REPOSITORY_ID,
+        "received_at": recorded.received_at.isoformat(),
+    }
+    bound_by_the_real_flow(deployment, run.parameters)
