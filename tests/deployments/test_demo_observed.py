@@ -19,10 +19,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from core.ports import free_port
 from core.settings import StackSettings
@@ -316,6 +318,32 @@ def test_datadog_and_pagerduty_hear_about_the_release(observed: ObservedDemo) ->
     assert "env:production" in event["tags"]
     # Paging is Datadog's (its release monitor): Gantry never calls PagerDuty itself.
     assert observed.pagerduty.requests == []
+
+
+def test_the_repository_board_shows_the_demos_runs_and_release(observed: ObservedDemo) -> None:
+    # Written by the pipelines themselves as they finished: the release (its last writer) left
+    # its own run Completed, the merge run that made the candidate, and one deployment.
+    settings = observed.settings
+
+    async def read() -> list[Any]:
+        async with PrefectClient(
+            settings.prefect_api_url, auth_string=settings.api_auth_string()
+        ) as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"board-{SERVICE}"]))
+            )
+
+    versions = asyncio.run(read())
+    assert len(versions) >= 2, "the merge and the release each update the board"
+    board = max(versions, key=lambda a: a.created).data
+    assert isinstance(board, str)
+    release = board.split("## Last release runs")[1].split("##")[0]
+    assert "Completed" in release
+    merge = board.split("## Last merge runs")[1].split("##")[0]
+    assert "Completed" in merge
+    assert "Deployments: 1 of 1 releases" in board
+    # The one candidate was released: nothing is left open.
+    assert "No open release candidates." in board
 
 
 def test_run_merge_to_a_file_prints_each_image_reference_whole(
