@@ -22,8 +22,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
-from tests.webhooks.flows_for_tests import register_deployments
-from tests.webhooks.served import ServedReceiver, receiver_settings
+from tests.webhooks.served import ServedReceiver, real_deployments, receiver_settings
 from webhooks.events import WAITING, Ignored, PipelineRequest, map_event
 from webhooks.settings import (
     APPROVAL_ENV,
@@ -223,8 +222,7 @@ async def test_the_receiver_records_a_first_timers_pr_as_waiting_and_a_members_a
 @pytest.fixture
 def deployed(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
     with prefect_api(prefect_server.settings):
-        asyncio.run(register_deployments())
-        yield prefect_server
+        yield real_deployments(prefect_server)
 
 
 @pytest.fixture
