@@ -4,10 +4,14 @@ back through the Prefect API by its key."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from markdown_it import MarkdownIt
 from prefect import flow, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -21,7 +25,9 @@ from prefect.states import Completed
 
 from core.identity import RepositoryIdentity
 from deployments.prefect_server import PrefectServer
-from flows.records.board import board_after, board_key, update_board
+from flows.records.announce import DORA_WINDOW
+from flows.records.board import Board, BoardRun, board_after, board_key, render, update_board
+from flows.records.dora import compute_dora
 from flows.records.store import ReleaseCandidate, ReleaseRecord, record_candidate, record_release
 
 
@@ -200,3 +206,58 @@ def test_the_board_shows_one_repositorys_runs_dora_and_open_candidates_under_one
     assert versions == 2
     assert f"merge-newer-{tail}" in latest and f"merge-newer-{tail}" not in board
     assert board_key(ours).startswith("board-acme-board-")
+
+
+def test_text_from_runs_is_inert_on_the_board() -> None:
+    # A branch-named run, a hostile commit and image name: none becomes a link, an image,
+    # HTML or a new table cell; the digest stays whole in its code span.
+    identity = RepositoryIdentity(full_name="acme/board-hostile")
+    hostile = "pr-9 [approved](https://evil.example) <img src=x> | forged cell"
+    now = datetime.now(UTC)
+    run = BoardRun(
+        pipeline="pr",
+        id=str(uuid.uuid4()),
+        name=hostile,
+        state="Completed",
+        commit="`rm -rf`",
+        started=now,
+        seconds=3.0,
+    )
+    made = candidate(identity, "a" * 40, str(uuid.uuid4()))
+    ref = digest_ref("api")
+    made = made.model_copy(update={"images": {"<b>api</b> [x](y)": ref}})
+    board = Board(
+        identity=identity,
+        runs={"pr": [run], "merge": [], "release": []},
+        dora=compute_dora([], DORA_WINDOW, now=now, repository=identity.slug),
+        candidates=[made],
+        updated=now,
+    )
+    text = render(board)
+    tokens = []
+    for token in MarkdownIt("commonmark").enable("table").parse(text):
+        tokens += [token, *(token.children or [])]
+    kinds = {t.type for t in tokens}
+    assert not {"image", "html_block", "html_inline"} & kinds
+    links = [t.attrGet("href") for t in tokens if t.type == "link_open"]
+    assert not any("evil.example" in str(href) for href in links)
+    # The pr table keeps its five columns: the run's "|" did not open a sixth.
+    row = next(line for line in text.splitlines() if "forged cell" in line)
+    assert row.count(" | ") - row.count("\\|") <= 4
+    assert f"`{ref}`" in text
+
+
+def test_a_board_that_cannot_be_built_never_raises_into_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+    identity = RepositoryIdentity(full_name="acme/board-unreachable")
+    updates = {PREFECT_API_URL: address, PREFECT_CLIENT_MAX_RETRIES: 0}
+    with temporary_settings(updates=updates), caplog.at_level(logging.WARNING):
+        state = asyncio.run(board_after(identity, Completed(message="released")))
+    assert state.is_completed() and state.message == "released"
+    assert any("board of acme/board-unreachable not updated" in r.message for r in caplog.records)
