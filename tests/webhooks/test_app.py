@@ -18,6 +18,7 @@ from prefect.client.orchestration import PrefectClient
 from core.ports import free_port
 from tests.webhooks import payloads
 from tests.webhooks.served import ServedReceiver
+from tests.webhooks.statsd import at_least, metrics_to_agent
 from webhooks.app import create_app
 from webhooks.settings import ReceiverSettings
 from webhooks.signature import sign
@@ -353,3 +354,30 @@ async def test_readyz_is_ready_with_prefect_down_and_says_so(tmp_path: Path) -> 
     assert response.status_code == 200
     assert response.json() == {"ready": True, "store": "ok", "prefect": "unreachable"}
     assert accepted.status_code == 202
+
+
+async def test_each_answered_delivery_is_counted_once_by_its_outcome(
+    client: httpx.AsyncClient,
+) -> None:
+    # A ping is answered (pong) but is no delivery to count; it goes first, so a count it
+    # wrongly sent would arrive among the four below.
+    with metrics_to_agent() as agent:
+        assert (await post(client, "ping", payloads.ping())).json()["status"] == "pong"
+        delivery_id = payloads.new_delivery_id()
+        accepted = await post(client, "push", payloads.push(), delivery_id=delivery_id)
+        duplicate = await post(client, "push", payloads.push(), delivery_id=delivery_id)
+        off_the_list = payloads.push()
+        off_the_list["repository"] = payloads.repository("other/api")
+        ignored = await post(client, "push", off_the_list)
+        body, headers = payloads.signed("push", payloads.push(), secret="not-the-secret")
+        rejected = await client.post(URL_PATH, content=body, headers=headers)
+        answers = [r.status_code for r in (accepted, duplicate, ignored, rejected)]
+        assert answers == [202, 200, 202, 401]
+        counted = await at_least(agent, "gantry.webhook.deliveries", 4)
+    assert sorted(d.tag("outcome") or "" for d in counted) == [
+        "accepted",
+        "duplicate",
+        "ignored",
+        "rejected",
+    ]
+    assert {(d.value, d.type) for d in counted} == {("1", "c")}

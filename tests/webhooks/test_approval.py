@@ -23,6 +23,7 @@ from deployments.prefect_server import PrefectServer
 from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.served import ServedReceiver, real_deployments, receiver_settings
+from tests.webhooks.statsd import at_least, metrics_to_agent
 from webhooks.events import WAITING, Ignored, PipelineRequest, map_event
 from webhooks.settings import (
     APPROVAL_ENV,
@@ -262,3 +263,13 @@ async def test_only_the_members_pr_and_the_approval_label_make_flow_runs(
     assert len(await runs(9102)) == 1
     recorded = dispatching.store.get(waiting)
     assert recorded is not None and recorded.status == "ignored"
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_waiting_fork_pull_request_is_counted_as_ignored(http: httpx.AsyncClient) -> None:
+    with metrics_to_agent() as agent:
+        answer = await post(http, fork_pr("FIRST_TIME_CONTRIBUTOR", number=11))
+        assert answer.json()["reason"].startswith(WAITING)
+        [counted] = await at_least(agent, "gantry.webhook.deliveries", 1)
+    assert counted.tag("outcome") == "ignored"
