@@ -10,15 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import docker
 import httpx
@@ -33,6 +35,7 @@ from tests.plugins.deadlines import pids_with, wait_for
 from tests.plugins.engine import build_busybox
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.stack import as_json, free_port_pair, gantry, stack_environment
+from webhooks.signature import sign
 
 HOST = "127.0.0.1"
 
@@ -44,6 +47,12 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listening(port: int) -> bool:
+    # Connecting, not binding: the connections just closed linger in TIME_WAIT on the port.
+    with socket.socket() as sock:
+        return sock.connect_ex((HOST, port)) == 0
 
 
 def forwarding_to(port: int) -> list[str]:
@@ -216,7 +225,9 @@ def stack_settings(tmp_path: Path) -> Iterator[Callable[[str], StackSettings]]:
 
 
 def cli(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    saved = {key: os.environ.get(key) for key in stack_environment(settings)}
+    # No GANTRY_WEBHOOK_SECRET (the session stack sets one): `up` generates the stack's own.
+    saved = {key: os.environ.get(key) for key in [*stack_environment(settings), SECRET_VARIABLE]}
+    os.environ.pop(SECRET_VARIABLE, None)
     os.environ.update(stack_environment(settings))
     try:
         return gantry(None, *args, home=settings.state_dir, timeout=900)
@@ -226,6 +237,21 @@ def cli(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+SECRET_VARIABLE = "GANTRY_WEBHOOK_SECRET"
+
+
+def ping(settings: StackSettings, secret: str) -> httpx.Response:
+    """A GitHub ping delivery to the stack's receiver, signed with ``secret``."""
+    body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 7}).encode()
+    headers = {
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": str(uuid4()),
+        "X-Hub-Signature-256": sign(secret, body),
+        "Content-Type": "application/json",
+    }
+    return httpx.post(settings.webhook_url, content=body, headers=headers, timeout=10)
 
 
 def start_sleeping_run(settings: StackSettings, repo: GitRepo, marker: str) -> UUID:
@@ -251,6 +277,19 @@ def test_down_then_removing_the_folder_leaves_nothing_and_a_new_stack_serves_the
     first = stack_settings("first")
     port = first.staging_port
     assert cli(first, "up", "--json").returncode == 0
+    # Without GANTRY_WEBHOOK_SECRET, `up` generated one into the state folder (0600), and its
+    # receiver verifies deliveries with exactly that secret.
+    secret_file = first.state_dir / "webhook-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", secret), "32 random bytes, hex"
+    answer = ping(first, secret)
+    assert (answer.status_code, answer.json()["status"]) == (200, "pong")
+    assert ping(first, "not-the-" + secret).status_code == 401
+    # Generated once: a second `up` keeps it.
+    assert cli(first, "up", "--json").returncode == 0
+    assert secret_file.read_text().strip() == secret
+    assert ping(first, secret).status_code == 200
     stack = Stack(first)
     with closing(docker.DockerClient(base_url=stack.engine.docker_host, timeout=300)) as client:
         image = build_web(client, tmp_path / "web-first")
@@ -270,6 +309,21 @@ def test_down_then_removing_the_folder_leaves_nothing_and_a_new_stack_serves_the
     assert report["environments_stopped"] == []
     assert {"worker", "engine", "prefect-server"} <= set(report["stopped"])
     assert answers(port)
+    # What `up` started is down: `status` says so (exit 1), the control plane's ports are free.
+    status = cli(first, "status", "--json")
+    assert status.returncode == 1, status.stdout + status.stderr
+    parts = as_json(status)["parts"]
+    for part in (
+        "prefect-server",
+        "worker",
+        "webhooks",
+        "webhook-dispatcher",
+        "engine",
+        "registry",
+    ):
+        assert parts[part]["up"] is False, (part, parts[part])
+    for freed in (first.prefect_port, first.webhook_port, first.registry_port):
+        assert not listening(freed), f"something still listens on port {freed} after down"
 
     # The folder removed with staging still serving: the next stack's `up` reaps it.
     shutil.rmtree(first.state_dir, ignore_errors=True)
