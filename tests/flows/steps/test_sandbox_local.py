@@ -424,3 +424,55 @@ def test_a_step_cannot_change_the_git_repository_the_trusted_side_reads(tmp_path
     write = "import pathlib; pathlib.Path('out.txt').write_text('ok')"
     assert run(StepSpec(argv=("python3", "-c", write), workspace=checkout, timeout=30)).ok
     assert (checkout / "out.txt").read_text() == "ok"
+
+
+TARGET_URL_PROBE = """
+import json, os, socket, urllib.parse, urllib.request
+url = os.environ["GANTRY_TARGET_URL"]
+host = urllib.parse.urlsplit(url).hostname
+body = urllib.request.urlopen(url, timeout=5).read().decode() if host == "localhost" else None
+print(json.dumps({"url": url, "address": socket.gethostbyname(host), "body": body}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "inside"),
+    [
+        ("http://staging.gantry.test:8080/app?x=1", "http://staging.gantry.test:8080/app?x=1"),
+        ("https://staging.gantry.test:8443/", "https://staging.gantry.test:8443/"),
+        ("http://staging.gantry.test/app", "http://staging.gantry.test:18080/app"),
+        ("https://staging.gantry.test/", "https://staging.gantry.test:18443/"),
+    ],
+)
+def test_the_target_url_keeps_its_host_name_and_its_port_unless_below_1024(
+    tmp_path: Path, given: str, inside: str
+) -> None:
+    spec = StepSpec(
+        argv=("python3", "-c", TARGET_URL_PROBE),
+        workspace=tmp_path,
+        timeout=30,
+        network="target",
+        target_url=given,
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    # The name leads to the relay inside the sandbox, which leads only to the target.
+    assert found == {"url": inside, "address": "127.0.0.1", "body": None}
+
+
+def test_a_target_named_by_host_name_is_reached_under_that_name(
+    tmp_path: Path, target: str
+) -> None:
+    named = target.replace("127.0.0.1", "localhost") + "/"
+    spec = StepSpec(
+        argv=("python3", "-c", TARGET_URL_PROBE),
+        workspace=tmp_path,
+        timeout=30,
+        network="target",
+        target_url=named,
+    )
+    result = run(spec)
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    assert found == {"url": named, "address": "127.0.0.1", "body": "hello from the target"}
