@@ -312,14 +312,19 @@ class Stack:
                 f"port {self.settings.webhook_port} on {self.settings.host} is taken by another "
                 "program; stop it or set GANTRY_WEBHOOK_PORT to a free port"
             )
+        argv = [venv_bin("gantry"), "webhooks", "serve"]
+        self.receiver.start(argv, self.receiver_env(), cwd=PROJECT_DIR)
+        if not wait_until(self._receiver_up, 60, 0.3):
+            raise StackError(f"the webhook receiver did not start:\n{self.receiver.log_tail()}")
+
+    def receiver_env(self) -> dict[str, str]:
+        """The webhook receiver's environment: the worker's, the webhook secret, what it serves."""
         env = worker_env(self.settings)
         env["GANTRY_WEBHOOK_SECRET"] = self.webhook_secret()
         env.setdefault("GANTRY_WEBHOOK_REPOSITORIES", "*")  # loopback only; see README
         # Dispatching is the dispatcher process's: its CPU never delays the receiver's answers.
         env["GANTRY_WEBHOOK_DISPATCHER"] = "process"
-        self.receiver.start([venv_bin("gantry"), "webhooks", "serve"], env, cwd=PROJECT_DIR)
-        if not wait_until(self._receiver_up, 60, 0.3):
-            raise StackError(f"the webhook receiver did not start:\n{self.receiver.log_tail()}")
+        return env
 
     def _start_dispatcher(self) -> None:
         # No webhook secret: the dispatcher reads the store and talks to Prefect, nothing more.
