@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import logging
@@ -22,6 +23,7 @@ import pytest
 from core.settings import StackSettings
 from flows.config import Sandbox
 from flows.steps.proc import ProcResult
+from flows.steps.sandbox import cgroups
 from flows.steps.sandbox.base import Limits, StepSpec
 from flows.steps.sandbox.local import LocalRunner, python_prefixes
 from flows.steps.sandbox.select import reap_stack_leftovers, run_step
@@ -141,7 +143,8 @@ def test_check_runs_as_nobody_with_only_declared_env_and_own_tmp(
     toolchain = {
         p.relative_to("/tmp").parts[0] for p in python_prefixes() if p.is_relative_to("/tmp")
     }
-    assert set(probed["tmp"]) == toolchain
+    tmp = probed["tmp"]
+    assert isinstance(tmp, list) and set(tmp) == toolchain
 
 
 def _host_pids_with(marker: str) -> list[int]:
@@ -476,3 +479,121 @@ def test_a_target_named_by_host_name_is_reached_under_that_name(
     assert result.ok, result.tail
     found = json.loads(result.tail.splitlines()[-1])
     assert found == {"url": named, "address": "127.0.0.1", "body": "hello from the target"}
+
+
+PRIVILEGE_PROBE = """
+import json
+status = dict(
+    line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+)
+mounts = [line.split()[4:6] for line in open("/proc/self/mountinfo")]
+names = ("CapInh", "CapPrm", "CapEff", "CapAmb", "NoNewPrivs")
+print(json.dumps({"status": {n: status[n].strip() for n in names}, "mounts": mounts}))
+"""
+
+
+def test_a_step_has_no_capabilities_no_new_privs_and_only_nosuid_mounts(tmp_path: Path) -> None:
+    result = run(StepSpec(argv=("python3", "-c", PRIVILEGE_PROBE), workspace=tmp_path, timeout=30))
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    status = found["status"]
+    assert [int(status[n], 16) for n in ("CapInh", "CapPrm", "CapEff", "CapAmb")] == [0] * 4
+    assert status["NoNewPrivs"] == "1"
+    options = {point: set(opts.split(",")) for point, opts in found["mounts"]}
+    writable = {point for point, opts in options.items() if "rw" in opts}
+    # The checkout and the private /tmp at least: the places a step can drop a setuid file.
+    assert {"/workspace", "/tmp"} <= writable
+    assert [point for point, opts in options.items() if "nosuid" not in opts] == []
+
+
+def _group_limits(pid: int) -> dict[str, str] | None:
+    """The cgroup v1 limit files of the group ``pid`` is in, read from the host's side; None
+    for a process outside the sandboxes' groups (bubblewrap itself carries the marker too)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            paths[controller] = path
+    if cgroups.PARENT not in paths.get("pids", ""):
+        return None
+    root = cgroups.CGROUP_ROOT
+    return {
+        name: (root / controller / paths[controller].lstrip("/") / name).read_text().strip()
+        for controller, name in (
+            ("cpu", "cpu.cfs_quota_us"),
+            ("cpu", "cpu.cfs_period_us"),
+            ("memory", "memory.limit_in_bytes"),
+            ("pids", "pids.max"),
+        )
+    }
+
+
+@pytest.mark.skipif(not cgroups.available(), reason="needs writable cgroup v1 controllers")
+def test_a_step_runs_inside_its_cpu_memory_and_process_limits(tmp_path: Path) -> None:
+    marker = f"gantry-test-{uuid.uuid4().hex}"
+    limits = Limits(cpus=0.5, memory_mb=96, processes=32)
+    spec = StepSpec(
+        argv=("python3", "-c", "import time; time.sleep(600)", marker),
+        workspace=tmp_path,
+        timeout=600,
+        limits=limits,
+    )
+
+    async def scenario() -> dict[str, str]:
+        task = asyncio.create_task(LocalRunner().run(spec, LOG))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                for pid in _host_pids_with(marker):
+                    with contextlib.suppress(OSError):
+                        if (group := _group_limits(pid)) is not None:
+                            return group
+            raise AssertionError("the step never started")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    found = asyncio.run(scenario())
+    assert found == {
+        "cpu.cfs_quota_us": "50000",
+        "cpu.cfs_period_us": "100000",
+        "memory.limit_in_bytes": str(96 * 1024 * 1024),
+        "pids.max": "32",
+    }
+    # The memory limit holds the whole step: a step that takes more is killed, not slowed.
+    hog = "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('kept')"
+    result = run(
+        StepSpec(argv=("python3", "-c", hog), workspace=tmp_path, timeout=60, limits=limits)
+    )
+    assert not result.ok
+    assert "kept" not in result.tail
+
+
+LIMITS_PROBE = """
+import json
+rows = {}
+for line in open("/proc/self/limits").read().splitlines()[1:]:
+    name, soft = line[:26].strip(), line[26:47].strip()
+    rows[name] = soft
+print(json.dumps(rows))
+"""
+
+
+def test_without_writable_cgroups_a_step_gets_rlimits_and_the_log_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cgroup root that does not exist: what a machine with cgroup v2 only or no root has.
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", tmp_path / "no-cgroups")
+    assert not cgroups.available()
+    limits = Limits(cpus=1.0, memory_mb=768, processes=40)
+    spec = StepSpec(
+        argv=("python3", "-c", LIMITS_PROBE), workspace=tmp_path, timeout=30, limits=limits
+    )
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        result = run(spec)
+    assert result.ok, result.tail
+    found = json.loads(result.tail.splitlines()[-1])
+    assert found["Max address space"] == str(768 * 1024 * 1024)
+    assert found["Max processes"] == "40"
+    assert any("cgroups not writable" in r.getMessage() for r in caplog.records)
