@@ -300,6 +300,10 @@ def test_gantry_verify_prints_each_check_and_exits_1_on_a_refusal(
         for name in ("provenance", "signature", "subject", "repository", "commit", "scan", "sbom")
     ]
     assert lines[-1] == f"verified {reference}"
+    # The signature line names the signing key by its key id's first 16 hex digits: enough to
+    # tell which trusted `<keyid>.pub` signed it during a rotation.
+    assert f"signed by trusted key {pushed.key.keyid[:16]}," in lines[1]
+    assert [p.name for p in (tmp_path / "trusted").iterdir()] == [f"{pushed.key.keyid}.pub"]
     bad = _gantry(pushed, tmp_path, "verify", reference, "--sha", "f" * 40, "--json")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     payload = json.loads(bad.stdout)
