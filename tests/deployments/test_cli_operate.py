@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from deployments.prefect_server import PrefectServer
 from deployments.stack import Stack
 from tests.plugins.gitrepo import GitRepo, gantry_toml
 from tests.plugins.stack import GANTRY, as_json, gantry, stack_environment
@@ -116,3 +118,44 @@ def test_cancel_stops_a_running_pipeline(
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+@pytest.mark.slow
+def test_cancel_exits_1_when_the_run_has_not_ended_within_its_wait(
+    prefect_server: PrefectServer,
+) -> None:
+    # A Running run no worker holds: it is set Cancelling, and nothing ever ends it.
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Running
+
+    @flow(name="gantry-cancel-probe")
+    def probe() -> None: ...
+
+    async def running() -> str:
+        async with get_client() as client:
+            flow_run = await client.create_flow_run(probe)
+            await client.set_flow_run_state(flow_run.id, Running(), force=True)
+            return str(flow_run.id)
+
+    async def end(flow_run_id: str) -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+
+    flow_run_id = asyncio.run(running())
+    try:
+        settings = prefect_server.settings
+        env = {
+            **os.environ,
+            "GANTRY_HOME": str(settings.state_dir),
+            "GANTRY_PREFECT_PORT": str(settings.prefect_port),
+        }
+        argv = [GANTRY, "cancel", flow_run_id, "--wait", "1", "--json"]
+        result = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        outcome = as_json(result)
+        assert (outcome["state"], outcome["cancelled"]) == ("Cancelling", False)
+    finally:
+        asyncio.run(end(flow_run_id))
