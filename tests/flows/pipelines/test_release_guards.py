@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.engine]
 FIXTURES = (approvers, policy, rollback_policy, service)
 
 
-def write_candidate(candidate: ReleaseCandidate, written_by: str | None) -> None:
+def write_candidate(candidate: ReleaseCandidate, written_by: str) -> None:
     """Record ``candidate`` as the Prefect server would say run ``written_by`` wrote it.
 
     Any API client may name the run an artifact belongs to: the guards must hold anyway.
@@ -62,7 +62,7 @@ def write_candidate(candidate: ReleaseCandidate, written_by: str | None) -> None
                     data=json.dumps(
                         [{"candidate": candidate.id, "record": candidate.model_dump_json()}]
                     ),
-                    flow_run_id=uuid.UUID(written_by) if written_by else None,
+                    flow_run_id=uuid.UUID(written_by),
                 )
             )
 
@@ -72,13 +72,16 @@ def write_candidate(candidate: ReleaseCandidate, written_by: str | None) -> None
 def forge(
     real: ReleaseCandidate, images: dict[str, str], commit: str, names: str, written_by: str
 ) -> ReleaseCandidate:
-    """A copy of ``real`` with other images and commit, naming run ``names``, written by another."""
+    """A copy of ``real`` with other images and commit that names run ``names`` as its merge
+    run, recorded as written by run ``written_by``."""
     forged = real.model_copy(
         update={
             "id": f"rc-forged-{uuid.uuid4().hex[:6]}",
             "images": images,
             "commit_sha": commit,
             "flow_run_id": names,
+            # Only the server says who wrote a record: it is filled in when read back.
+            "recorded_by_run": None,
         }
     )
     write_candidate(forged, written_by)
