@@ -164,10 +164,12 @@ def test_a_run_killed_mid_step_loses_its_step_and_is_retried_once(
     assert str(crashed_id) in errors[0]["description"]
     assert str(retry.id) in errors[0]["target_url"]
     assert not [s for s in reported if s["state"] == "failure"], reported
-    # The retry's own results replaced the crash on the pull request.
+    # The retry's own results replaced the crash on the pull request: passed, or (the scan,
+    # with no Snyk token here) skipped, which stays pending and never reads as success.
     for context in errored:
         latest = [s for s in reported if s["context"] == context][-1]
-        assert latest["state"] == "success", (context, latest["description"])
+        skipped = latest["state"] == "pending" and "(not run)" in (latest["description"] or "")
+        assert latest["state"] == "success" or skipped, (context, latest["description"])
 
 
 def test_a_retry_that_crashes_again_is_not_retried(

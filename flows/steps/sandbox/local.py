@@ -274,8 +274,7 @@ class LocalRunner:
                     spec, logger, prefix, proc, args, started, info_r, block_w, group, stack
                 )
             finally:
-                with contextlib.suppress(OSError):
-                    os.close(block_w)
+                os.close(block_w)
                 await _end(proc)
 
     async def _supervise(
@@ -306,8 +305,9 @@ class LocalRunner:
                 raise SandboxError(f"cannot apply the limits: {exc}") from exc
         if spec.network == "outside":
             await stack.enter_async_context(open_outside(init_pid))
+        # The caller closes block_w, once: closing it here as well would close whatever file
+        # another stage (a build, a report) had been given the same descriptor number since.
         os.write(block_w, b"go")
-        os.close(block_w)
         timed_out = False
         try:
             await asyncio.wait_for(
