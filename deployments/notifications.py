@@ -112,17 +112,30 @@ class NotificationsReport:
         return f"chat notifications on: {len(self.automations)} automations post to Slack"
 
 
-def _flow_run_trigger(state: str, flows: tuple[str, ...]) -> EventTrigger:
-    """Each ``prefect.flow-run.<state>`` event of a run of one of ``flows``: one firing each."""
+def _reactive_trigger(
+    event: str,
+    resource_id: str,
+    related: ResourceSpecification | None = None,
+) -> EventTrigger:
+    """Each ``event`` of a resource matching ``resource_id`` (and ``related``): one firing each."""
     return EventTrigger(
-        expect={f"prefect.flow-run.{state}"},
-        match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-        match_related=ResourceSpecification(
-            {"prefect.resource.role": "flow", "prefect.resource.name": list(flows)}
-        ),
+        expect={event},
+        match=ResourceSpecification({"prefect.resource.id": resource_id}),
+        match_related=related or ResourceSpecification({}),
         posture=Posture.Reactive,
         threshold=1,
         within=0,
+    )
+
+
+def _flow_run_trigger(state: str, flows: tuple[str, ...]) -> EventTrigger:
+    """Each ``prefect.flow-run.<state>`` event of a run of one of ``flows``."""
+    return _reactive_trigger(
+        f"prefect.flow-run.{state}",
+        "prefect.flow-run.*",
+        ResourceSpecification(
+            {"prefect.resource.role": "flow", "prefect.resource.name": list(flows)}
+        ),
     )
 
 
@@ -142,13 +155,7 @@ def notification_automations(block_document_id: UUID) -> list[Automation]:
         Automation(
             name=f"{NAME_PREFIX}release failed",
             description="Chat: a production release failed or was rolled back",
-            trigger=EventTrigger(
-                expect={RELEASE_FAILED_EVENT},
-                match=ResourceSpecification({"prefect.resource.id": f"{RELEASE_RESOURCE_PREFIX}*"}),
-                posture=Posture.Reactive,
-                threshold=1,
-                within=0,
-            ),
+            trigger=_reactive_trigger(RELEASE_FAILED_EVENT, f"{RELEASE_RESOURCE_PREFIX}*"),
             actions=send(RELEASE_FAILED_SUBJECT, RELEASE_FAILED_BODY),
         ),
         Automation(
