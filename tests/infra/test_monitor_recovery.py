@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ def handles(text: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def production(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every monitor's message and the PagerDuty service names, as production's Terraform
     makes them."""
     assert TERRAFORM is not None
@@ -116,7 +117,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def test_the_release_failed_recovery_notifies_the_p1_service_its_alert_paged(
-    production: dict[str, object],
+    production: dict[str, Any],
 ) -> None:
     messages = production["messages"]
     assert isinstance(messages, dict)
@@ -130,11 +131,11 @@ def test_the_release_failed_recovery_notifies_the_p1_service_its_alert_paged(
     # The same handle at recovery: Datadog resolves the incident it opened on that service.
     assert p1 in handles(recovery), recovery
     # ...a service the module gives Datadog an integration key for.
-    assert p1.removeprefix("@pagerduty-") in (production["pagerduty_services"] or [])
+    assert p1.removeprefix("@pagerduty-") in production["pagerduty_services"]
 
 
 def test_every_paging_monitor_recovery_reaches_every_service_its_alert_paged(
-    production: dict[str, object],
+    production: dict[str, Any],
 ) -> None:
     messages = production["messages"]
     assert isinstance(messages, dict)
