@@ -187,7 +187,14 @@ class TrustedKeys:
     def configured(
         cls, settings: SupplySettings | None = None, stack: StackSettings | None = None
     ) -> TrustedKeys:
-        return cls.from_folder((settings or SupplySettings()).trusted_dir(stack))
+        """The configured folder's keys; none at all (the ConfigMap not mounted, the folder
+        empty or absent) is an error naming the folder, so a release is refused for that reason
+        and not for an untrusted signature nobody can explain."""
+        folder = (settings or SupplySettings()).trusted_dir(stack)
+        trusted = cls.from_folder(folder)
+        if not len(trusted):
+            raise SupplyKeyError(f"no trusted public keys (*.pub) in {folder}")
+        return trusted
 
     def verify(self, signature: bytes, message: bytes, keyid: str | None = None) -> str | None:
         """The id of the trusted key that made ``signature`` over ``message``, else None.
