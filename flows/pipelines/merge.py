@@ -22,7 +22,7 @@ from flows.deploy.targets import DeployRequest
 from flows.pipelines.observers import Observers, pipeline_observers, queue_time_hook
 from flows.pipelines.pr import failed_before_stages, verification_stage_calls
 from flows.pipelines.stages import PipelineSummary, finish, run_stage, run_stages
-from flows.records.board import board_after
+from flows.records.board import board_hook
 from flows.records.store import ReleaseCandidate, record_candidate
 from flows.results import RunContext, StageResult, StageStatus
 from flows.steps.checkout import CheckoutError, checkout
@@ -207,6 +207,8 @@ async def _attest(
     flow_run_name=merge_run_name,
     log_prints=True,
     on_running=[queue_time_hook("merge")],
+    on_completion=[board_hook],
+    on_failure=[board_hook],
 )
 async def merge_pipeline(
     repository: str | None,
@@ -238,9 +240,7 @@ async def merge_pipeline(
         pipeline="merge", repository=source, sha=sha, repository_name=repository_name, ref=ref
     )
     async with pipeline_observers(context) as observers:
-        return await board_after(
-            identity, await _merge(context, identity, not repository, no_cache, observers)
-        )
+        return await _merge(context, identity, not repository, no_cache, observers)
 
 
 async def _merge(

@@ -33,7 +33,7 @@ from flows.pipelines.observers import (
 )
 from flows.pipelines.stages import PipelineSummary, finish, finish_cancelled, run_stage
 from flows.records.announce import announce_release
-from flows.records.board import board_after
+from flows.records.board import board_hook
 from flows.records.store import (
     Outcome,
     ReleaseCandidate,
@@ -99,6 +99,8 @@ async def _rollback_candidate(slug: str) -> str | None:
     flow_run_name=release_run_name,
     log_prints=True,
     on_running=[queue_time_hook("release")],
+    on_completion=[board_hook],
+    on_failure=[board_hook],
 )
 async def release_pipeline(
     repository_name: str | None = None,
@@ -260,9 +262,7 @@ async def release_pipeline(
     # UI routes, and it answers "None/..." when no UI address is set.
     await announce_release(record, flow_run_url(flow_run.get_id()))
     data.update({"release": record.id, "approved_by": gate.approver, "candidate": candidate.id})
-    return await board_after(
-        identity, await finish(context, [provenance, approval, *stages], started, data)
-    )
+    return await finish(context, [provenance, approval, *stages], started, data)
 
 
 async def _approval_stage(

@@ -2,9 +2,9 @@
 
 It shows the last runs of each pipeline (state, commit, when, duration, link), the repository's
 DORA figures over ``DORA_WINDOW`` and its open release candidates with their digests. Merge runs
-(candidates change there) and release runs update it as they finish. Its key is the same for
-every version (``board-<slug>``), so the UI's Artifacts page keeps its history under one key
-and shows the newest.
+(candidates change there) and release runs update it as they finish, from a state hook. Its key
+is the same for every version (``board-<slug>``), so the UI's Artifacts page keeps its history
+under one key and shows the newest.
 
 Which runs are the repository's: webhook-started runs carry a ``repo:<full name>`` tag; runs
 started by ``gantry run`` carry only their deployment's tags (``gantry``, ``pipeline:<name>``).
@@ -19,15 +19,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
+from prefect import Flow
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.context import FlowRunContext
 from pydantic import BaseModel
 
 from core.identity import RepositoryIdentity, identity_of
@@ -49,8 +49,6 @@ MAX_PAGES = 4
 # A pipeline waits this long at most for its board.
 BUILD_TIMEOUT = 30.0
 REPO_TAG = "repo:"
-
-StateT = TypeVar("StateT", bound=State[Any])
 
 
 def board_key(identity: RepositoryIdentity) -> str:
@@ -335,12 +333,21 @@ async def update_board(
     return True
 
 
-async def board_after(identity: RepositoryIdentity, state: StateT) -> StateT:
-    """Update the board as this flow run ends in ``state``, and hand that state back.
+async def board_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """A pipeline's ``on_completion`` / ``on_failure`` hook: update its repository's board.
 
-    The pipeline's last line: ``return await board_after(identity, await finish(...))``.
+    A hook, not the flow's last step: Prefect runs it once the run's final state is on the
+    server, so the run shows as finished (and the next run can start) without waiting for the
+    board's reads. It also covers every way a run ends, early refusals included.
     """
-    context = FlowRunContext.get()
-    finishing = (context.flow_run.id, state) if context and context.flow_run else None
-    await update_board(identity, finishing)
-    return state
+    del flow
+    parameters = flow_run.parameters
+    try:
+        identity = identity_of(
+            parameters.get("repository"),
+            parameters.get("repository_name"),
+            parameters.get("repository_id"),
+        )
+    except ValueError:  # a run that could not name its repository has no board
+        return
+    await update_board(identity, (flow_run.id, state))
