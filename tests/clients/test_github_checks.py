@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from clients.github import GitHubClient, RetryPolicy
-from clients.github_auth import AppAuth, TokenAuth
+from clients.github_auth import TokenAuth
 from clients.github_checks import (
     OUTPUT_TEXT_LIMIT,
     CheckExternalId,
@@ -39,8 +39,7 @@ def anyio_backend() -> str:
 
 
 def app_client(fake: FakeGitHub) -> GitHubClient:
-    auth = AppAuth(fake.app_id, SecretStr(fake.private_key_pem), fake.installation_id)
-    return GitHubClient(auth, api_url=fake.url, policy=FAST, timeout=5)
+    return GitHubClient(fake.app_auth(), api_url=fake.url, policy=FAST, timeout=5)
 
 
 def made_annotations(count: int) -> tuple[CheckAnnotation, ...]:

@@ -26,11 +26,14 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from blocks.github import GitHubCredentials
+from clients.github_auth import AppAuth
 from tests.fakes.loopback import LoopbackServer
 
 DOCS = "https://docs.github.com/rest"
@@ -303,6 +306,27 @@ class FakeGitHub(LoopbackServer):
         now = int(time.time())
         claims = {"iat": now - 60, "exp": now + lifetime, "iss": self.app_id}
         return jwt.encode(claims, private_key_pem or self.private_key_pem, algorithm="RS256")
+
+    def app_auth(self) -> AppAuth:
+        """Client-level App credentials for this server's App and installation."""
+        return AppAuth(self.app_id, SecretStr(self.private_key_pem), self.installation_id)
+
+    def credentials(
+        self, *, app: bool = False, token: str | None = None, ui_url: str | None = None
+    ) -> GitHubCredentials:
+        """A credentials block for this server: its App (``app``), else a token (its own by
+        default); ``ui_url`` is the Prefect UI that statuses and check runs link to."""
+        if app:
+            return GitHubCredentials(
+                api_url=self.url,
+                app_id=self.app_id,
+                private_key=SecretStr(self.private_key_pem),
+                installation_id=self.installation_id,
+                ui_url=ui_url,
+            )
+        return GitHubCredentials(
+            api_url=self.url, token=SecretStr(token or self.token), ui_url=ui_url
+        )
 
     # --- the app ------------------------------------------------------------------------------
 

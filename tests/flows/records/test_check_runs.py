@@ -7,9 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from blocks.github import GitHubCredentials
 from clients.github import RetryPolicy
 from clients.github_checks import parse_check_external_id
 from clients.github_models import CheckAnnotation
@@ -35,16 +33,15 @@ def anyio_backend() -> str:
 
 
 def app_reporter(fake: FakeGitHub, **kwargs: Any) -> StatusReporter:
-    credentials = GitHubCredentials(
-        api_url=fake.url,
-        app_id=fake.app_id,
-        private_key=SecretStr(fake.private_key_pem),
-        installation_id=fake.installation_id,
-        ui_url=UI,
-    )
     kwargs.setdefault("flow_run_id", RUN_ID)
     return StatusReporter.from_credentials(
-        REPO, SHA, credentials, policy=FAST, pipeline="pr", pr_number=12, **kwargs
+        REPO,
+        SHA,
+        fake.credentials(app=True, ui_url=UI),
+        policy=FAST,
+        pipeline="pr",
+        pr_number=12,
+        **kwargs,
     )
 
 

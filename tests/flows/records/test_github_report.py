@@ -39,9 +39,7 @@ def anyio_backend() -> str:
 def reporter_for(
     fake: FakeGitHub, token: str | None = None, policy: RetryPolicy = FAST, **kwargs: object
 ) -> StatusReporter:
-    credentials = GitHubCredentials(
-        api_url=fake.url, token=SecretStr(token or fake.token), ui_url=UI
-    )
+    credentials = fake.credentials(token=token, ui_url=UI)
     return StatusReporter.from_credentials(
         REPO, SHA, credentials, policy=policy, flow_run_id=RUN_ID, **kwargs
     )
@@ -282,7 +280,7 @@ def test_inside_a_flow_run_statuses_link_to_that_run_in_the_prefect_ui(
 
     del prefect_server  # the session's real server, shared rather than one more to start
 
-    credentials = GitHubCredentials(api_url=github_api.url, token=SecretStr(github_api.token))
+    credentials = github_api.credentials()
 
     @flow(name="report-probe")
     async def probe() -> str:
