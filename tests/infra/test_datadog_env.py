@@ -51,7 +51,9 @@ def test_receiver_and_dispatcher_send_to_the_nodes_agent_with_the_configmaps_env
 
 
 def test_the_receivers_configmap_sets_dd_env_to_the_environment() -> None:
-    config_maps = resources(load_hcl(MODULES_DIR / "prefect"), "kubernetes_config_map_v1")
+    config_maps: dict[str, Any] = resources(
+        load_hcl(MODULES_DIR / "prefect"), "kubernetes_config_map_v1"
+    )
     (receiver,) = [
         body
         for body in config_maps.values()
@@ -61,8 +63,9 @@ def test_the_receivers_configmap_sets_dd_env_to_the_environment() -> None:
 
 
 def test_the_worker_pod_sends_to_the_nodes_agent_with_the_environment_as_env() -> None:
-    worker = resources(load_hcl(MODULES_DIR / "prefect"), "helm_release")["worker"]
+    worker: Any = resources(load_hcl(MODULES_DIR / "prefect"), "helm_release")["worker"]
     (values,) = worker["values"]
+    assert isinstance(values, str)
     # The Helm values are one yamlencode(...) expression: parse its object as HCL.
     prefix, suffix = "${yamlencode(", ")}"
     assert values.startswith(prefix) and values.endswith(suffix)
