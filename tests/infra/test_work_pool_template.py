@@ -141,3 +141,15 @@ def test_flow_runs_mount_the_provenance_signing_key_and_trusted_keys_read_only()
         "/etc/gantry/provenance-signing/provenance-signing.pem"
     )
     assert env["GANTRY_SUPPLY_TRUSTED_KEYS"] == "/etc/gantry/provenance-trusted-keys"
+
+
+def test_an_evicted_flow_run_pod_ends_crashed_so_gantry_retries_it_once() -> None:
+    """Eviction sends SIGTERM. Left unset, prefect-kubernetes sets the SIGTERM behaviour to
+    ``reschedule`` for a Job with ``backoffLimit`` 0: the same run would start again, never
+    Crashed, outside Gantry's one tagged retry and its ``error`` status. ``crash`` makes the
+    engine mark it Crashed, which deployments/crashes.py retries once."""
+    job = _filled_job({"image": "registry.example/gantry@sha256:" + "a" * 64, "name": "run-1"})
+    assert job["spec"]["backoffLimit"] == 0
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "crash"
