@@ -152,7 +152,9 @@ async def create_retry(client: PrefectClient, crashed: FlowRun) -> FlowRun:
         # One retry per crashed run, whichever replica or redelivered event asks.
         idempotency_key=f"gantry-retry-of-{crashed.id}",
     )
-    await client.update_flow_run(crashed.id, tags=[*crashed.tags, f"{RETRIED_AS}{retry.id}"])
+    # A replica that hears the event late finds the tag there already: it is not added twice.
+    tagged = dict.fromkeys([*crashed.tags, f"{RETRIED_AS}{retry.id}"])
+    await client.update_flow_run(crashed.id, tags=list(tagged))
     return retry
 
 
