@@ -28,6 +28,9 @@ from deployments.prefect_server import PrefectServer
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 FLOWS = "tests.deployments.warm_flows"
 RUN_DEADLINE = 120.0
+# The worker's regular poll: far beyond any deadline here.
+POLL_SECONDS = 3600
+FOLLOWING = "following Prefect's event stream for work pool"
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +62,15 @@ class WarmWorkerProcess:
                 return ready
             time.sleep(0.2)
         raise AssertionError(f"no warm interpreter got ready:\n{self.log.read_text()[-3000:]}")
+
+    def wait_logged(self, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            if text in self.log.read_text():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the worker never logged {text!r}:\n{self.log.read_text()[-3000:]}")
 
 
 def _alive(pid: int) -> bool:
@@ -115,8 +127,9 @@ def warm_worker(
             "PREFECT_API_URL": prefect_server.settings.prefect_api_url,
             "PREFECT_API_AUTH_STRING": prefect_server.settings.api_auth_string(),
             "PREFECT_HOME": str(tmp / "prefect-home"),
-            # A long poll: pickup within the tests' deadlines needs the event-stream wake-up.
-            "PREFECT_WORKER_QUERY_SECONDS": "30",
+            # No poll within the tests' deadlines after the first: every pickup is the
+            # event stream's wake-up.
+            "PREFECT_WORKER_QUERY_SECONDS": str(POLL_SECONDS),
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
             "GANTRY_HOME": str(tmp / "gantry-home"),
             # Cold starts (python -m prefect.engine in the run's folder) import the flows too.
@@ -140,6 +153,7 @@ def warm_worker(
     worker = WarmWorkerProcess(proc, log, status_file, workdir, deployments)
     try:
         worker.wait_ready()
+        worker.wait_logged(FOLLOWING)
         yield worker
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -233,6 +247,16 @@ def test_a_warm_interpreter_killed_while_idle_is_replaced_and_the_next_run_is_wa
     seen, warm = _observe(warm_worker, tmp_path, "after-crash")
     assert seen["pid"] in warm
     assert seen["pid"] != victim
+
+
+def test_a_new_run_wakes_the_worker_instead_of_waiting_for_its_poll(
+    warm_worker: WarmWorkerProcess, tmp_path: Path
+) -> None:
+    # The worker polled when it started, before this run existed, and polls next in an hour:
+    # only the Scheduled event it follows can make it pick the run up.
+    seen, warm = _observe(warm_worker, tmp_path, "woken")
+    assert seen["pid"] in warm
+    assert POLL_SECONDS > 10 * RUN_DEADLINE
 
 
 def test_a_failing_flow_ends_failed_not_crashed(warm_worker: WarmWorkerProcess) -> None:
