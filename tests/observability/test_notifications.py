@@ -9,10 +9,13 @@ real apprise Slack plugin, the real automations, and no request off the machine.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
+import queue
 import re
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,8 +35,10 @@ from core.settings import StackSettings
 from deployments.notifications import (
     BLOCK_NAME,
     ENV_SLACK_WEBHOOK_URL,
+    MERGE_FLOW,
     NAME_PREFIX,
     PIPELINE_FLOWS,
+    RELEASE_FLOW,
     apply_notifications,
     apply_notifications_from_env,
     notification_automations,
@@ -344,3 +349,103 @@ def test_the_cli_applies_to_the_server_prefect_api_url_names(
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["enabled"] is False
     assert run(ours()) == []
+
+
+@pytest.mark.slow
+def test_a_merge_run_prefect_retries_posts_nothing_until_its_final_failure(
+    chat_server: PrefectServer, slack: FakeSlack
+) -> None:
+    from prefect import flow
+
+    run(apply_notifications(webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: slack.webhook_url})))
+    attempts: dict[str, int] = {}
+
+    # Named like the pipeline, so the automation's related-flow match takes its events.
+    @flow(name=MERGE_FLOW, retries=1, retry_delay_seconds=0, persist_result=False)
+    def retried_merge(repository_name: str, sha: str, failures: int) -> None:
+        attempts[sha] = attempts.get(sha, 0) + 1
+        if attempts[sha] <= failures:
+            raise RuntimeError(f"attempt {attempts[sha]} of {sha[:12]} failed")
+
+    recovered, failed = "1" * 40, "2" * 40
+    before = len(slack.messages)
+    # One run fails once and passes on its retry; the next fails on its retry too.
+    first = retried_merge(REPOSITORY, recovered, 1, return_state=True)
+    second = retried_merge(REPOSITORY, failed, 2, return_state=True)
+    assert first.is_completed() and second.is_failed()
+    assert attempts == {recovered: 2, failed: 2}
+
+    async def state_names(state: Any) -> list[str]:
+        async with get_client() as client:
+            states = await client.read_flow_run_states(state.state_details.flow_run_id)
+        return [s.name or "" for s in sorted(states, key=lambda s: s.timestamp)]
+
+    # Both passed AwaitingRetry on the server (the event the automation must not take).
+    assert "AwaitingRetry" in run(state_names(first))
+    assert run(state_names(second))[-1] == "Failed"
+    assert "AwaitingRetry" in run(state_names(second))
+    # One message: the second run's last failure. The retried ones were not told.
+    message = only_message(slack, before)
+    assert failed[:12] in message.text and "attempt 2" in message.text
+    assert recovered[:12] not in message.text and "attempt 1" not in message.text
+
+
+@pytest.mark.slow
+def test_a_refused_approval_pauses_the_release_again_and_chat_is_told_again(
+    chat_server: PrefectServer, slack: FakeSlack, tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.runtime import flow_run as current_run
+
+    from flows.pipelines.approval import GateResult, wait_for_approval
+    from flows.records.store import ReleaseCandidate
+    from tests.flows.pipelines.approvers import COMMIT_AUTHOR, Approvers
+
+    run(apply_notifications(webhook_url_from_env({ENV_SLACK_WEBHOOK_URL: slack.webhook_url})))
+    approvers = Approvers(tmp_path)
+    policy = approvers.policy("alice", approval_timeout=600)
+    candidate = ReleaseCandidate(
+        id=f"rc-{uuid.uuid4().hex[:8]}",
+        repository=f"https://github.com/{REPOSITORY}",
+        repository_slug=REPOSITORY,
+        commit_sha=COMMIT,
+        images={"api": "registry.example.invalid/api@sha256:" + "1" * 64},
+        flow_run_id=str(uuid.uuid4()),
+        commit_author=COMMIT_AUTHOR,
+    )
+    started: queue.Queue[str] = queue.Queue()
+    ended: dict[str, GateResult] = {}
+
+    # The release flow's gate, the real one, in a run named like the pipeline.
+    @flow(name=RELEASE_FLOW, persist_result=False)
+    async def gate(repository_name: str, candidate_id: str) -> GateResult:
+        run_id = str(current_run.id)
+        started.put(run_id)
+        return await wait_for_approval(candidate, policy, run_id, Metrics(), REPOSITORY)
+
+    def release() -> None:
+        ended["gate"] = asyncio.run(gate(REPOSITORY, candidate.id))
+
+    before = len(slack.messages)
+    # The thread runs in a copy of this context: Prefect's settings (the chat server) with it.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(release,), daemon=True)
+    thread.start()
+    try:
+        run_id = started.get(timeout=DELIVERY_SECONDS)
+        [first] = slack.wait_for_messages(before + 1, DELIVERY_SECONDS)[before:]
+        assert f"/runs/flow-run/{run_id}" in first.text and REPOSITORY in first.text
+        # An unsigned answer: refused, and the gate pauses again under a new key.
+        refused = approvers.send(run_id, approvers.statement(run_id), None)
+        assert not refused.accepted and "(unsigned)" in refused.message
+        told = slack.wait_for_messages(before + 2, DELIVERY_SECONDS)[before:]
+        assert len(told) == 2, [m.text for m in told]
+        assert f"/runs/flow-run/{run_id}" in told[1].text and "approval" in told[1].text
+        # Alice's signed answer is taken: the gate returns, and nothing more is posted.
+        assert approvers.answer(run_id, "alice").accepted
+    finally:
+        thread.join(DELIVERY_SECONDS)
+    assert not thread.is_alive()
+    result = ended["gate"]
+    assert (result.outcome, result.refused) == ("approved", ["unsigned"])
+    # Two pauses, two messages: neither told twice, and the approval tells nothing.
+    assert len(slack.wait_for_messages(before + 3, QUIET_SECONDS)) == before + 2
