@@ -346,6 +346,15 @@ def test_down_then_removing_the_folder_leaves_nothing_and_a_new_stack_serves_the
     result = cli(second, "down", "--json")
     assert result.returncode == 0, result.stderr
     assert as_json(result)["environments_stopped"] == ["gantry-life-staging-web"]
+    assert not answers(port)
+    # The next `gantry up` serves again what `gantry down` stopped.
+    result = cli(second, "up")
+    assert result.returncode == 0, result.stderr
+    assert "starting the 1 environment container(s) `gantry down` stopped" in result.stderr
+    wait_for("staging serves again after up", lambda: answers(port), 60)
+    result = cli(second, "down", "--json")
+    assert result.returncode == 0, result.stderr
+    assert as_json(result)["environments_stopped"] == ["gantry-life-staging-web"]
     shutil.rmtree(second.state_dir, ignore_errors=True)
     assert not pids_with(str(second.state_dir))
     assert all(c.stack_dir != second.state_dir for c in engine_leftovers.gantry_containers())
