@@ -1,5 +1,5 @@
-"""Gantry's GitHub REST client: commit statuses, check runs, deployments, webhook deliveries,
-git refs.
+"""Gantry's GitHub REST client: commit statuses, check runs, deployments, webhook deliveries
+(of a repository's hook or the GitHub App's), git refs.
 
 Every error is a ``GitHubError`` (see ``clients.github_errors``); no message carries a token.
 Retry and rate-limit bounds are in ``clients.github_http``.
@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
@@ -44,7 +45,15 @@ from clients.github_models import (
     InstallationToken,
 )
 
-__all__ = ["API_VERSION", "GitHubClient", "RetryPolicy", "truncate"]
+__all__ = [
+    "API_VERSION",
+    "AppHook",
+    "GitHubClient",
+    "HookSource",
+    "RepoHook",
+    "RetryPolicy",
+    "truncate",
+]
 
 logger = logging.getLogger("gantry.github")
 
@@ -135,6 +144,40 @@ def _repo_path(repo_full_name: str) -> str:
 
 def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
+
+
+@dataclass(frozen=True)
+class RepoHook:
+    """A repository's webhook: its deliveries at ``/repos/{owner}/{repo}/hooks/{id}``."""
+
+    repo: str
+    hook_id: int
+    as_app: ClassVar[bool] = False
+
+    @property
+    def deliveries_path(self) -> str:
+        return f"{_repo_path(self.repo)}/hooks/{_seg(self.hook_id)}/deliveries"
+
+    def __str__(self) -> str:
+        return f"hook {self.hook_id} of {self.repo}"
+
+
+@dataclass(frozen=True)
+class AppHook:
+    """The GitHub App's webhook: its deliveries at ``/app/hook``, read as the App (its JWT)."""
+
+    as_app: ClassVar[bool] = True
+
+    @property
+    def deliveries_path(self) -> str:
+        return "/app/hook/deliveries"
+
+    def __str__(self) -> str:
+        return "the GitHub App's webhook"
+
+
+# Where deliveries come from: one repository's hook, or the App's hook for all installations.
+HookSource = RepoHook | AppHook
 
 
 class GitHubClient:
@@ -405,20 +448,20 @@ class GitHubClient:
 
     async def list_hook_deliveries(
         self,
-        repo_full_name: str,
-        hook_id: int,
+        hook: HookSource,
         per_page: int = MAX_PER_PAGE,
         since: datetime | None = None,
         max_pages: int = 100,
     ) -> list[HookDelivery]:
-        """Deliveries newest first, following the ``Link`` cursor; stops at ``since``."""
+        """Deliveries of a repository hook or the App's hook, newest first, following the
+        ``Link`` cursor; stops at ``since``. The App's hook is read with the App's JWT."""
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        path = f"{_repo_path(repo_full_name)}/hooks/{_seg(hook_id)}/deliveries"
+        path = hook.deliveries_path
         params: dict[str, str | int] = {"per_page": max(1, min(per_page, MAX_PER_PAGE))}
         found: list[HookDelivery] = []
         for _ in range(max_pages):
-            response = await self._request("GET", path, params=params)
+            response = await self._request("GET", path, params=params, as_app=hook.as_app)
             items = self._json(response)
             if not isinstance(items, list):
                 raise GitHubProtocolError(f"GET {path}: expected a list of deliveries")
@@ -429,15 +472,13 @@ class GitHubClient:
             if older or cursor is None:
                 return found
             params = {**params, "cursor": cursor}
-        logger.warning("stopped listing deliveries of hook %s after %d pages", hook_id, max_pages)
+        logger.warning("stopped listing deliveries of %s after %d pages", hook, max_pages)
         return found
 
-    async def redeliver(self, repo_full_name: str, hook_id: int, delivery_id: int) -> None:
-        path = (
-            f"{_repo_path(repo_full_name)}/hooks/{_seg(hook_id)}"
-            f"/deliveries/{_seg(delivery_id)}/attempts"
-        )
-        await self._request("POST", path)
+    async def redeliver(self, hook: HookSource, delivery_id: int) -> None:
+        """Ask GitHub to attempt a delivery again (202); it keeps the delivery's GUID."""
+        path = f"{hook.deliveries_path}/{_seg(delivery_id)}/attempts"
+        await self._request("POST", path, as_app=hook.as_app)
 
     async def branch_head(self, repo_full_name: str, branch: str) -> str:
         """The commit SHA the branch points at now (``GET .../git/ref/heads/{branch}``)."""
@@ -505,8 +546,21 @@ class GitHubClient:
         return token
 
     async def _request(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        as_app: bool = False,
     ) -> httpx.Response:
+        if as_app:
+            # The App's own endpoints take its JWT, never an installation token; a fresh JWT
+            # per request, so a 401 has nothing to renew. A token-only client fails here,
+            # before any request.
+            return await self._http.send(
+                method, path, self._auth.app_jwt(), json=json, params=params
+            )
         token = await self._auth.bearer(self._exchange)
         try:
             return await self._http.send(method, path, token, json=json, params=params)

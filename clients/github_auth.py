@@ -1,4 +1,8 @@
-"""How requests to GitHub are authenticated: a fixed token, or a GitHub App installation token."""
+"""How requests to GitHub are authenticated: a fixed token, or a GitHub App installation token.
+
+A few endpoints (``/app/...``: the App's own webhook deliveries, the token exchange) authenticate
+as the App itself with its JWT; only App credentials can make one.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,11 @@ class GitHubAuth(Protocol):
         """Whether invalidating can yield a different credential."""
         ...
 
+    def app_jwt(self, now: float | None = None) -> SecretStr:
+        """The App's own JWT, for the endpoints that authenticate as the App; a GitHubAuthError
+        when these credentials are no App."""
+        ...
+
 
 class TokenAuth:
     """A personal, fine-grained or Actions-style token used as is."""
@@ -53,6 +62,13 @@ class TokenAuth:
     @property
     def renewable(self) -> bool:
         return False
+
+    def app_jwt(self, now: float | None = None) -> SecretStr:
+        # GitHub answers 401/403 to a token on /app/...: say why before asking.
+        raise GitHubAuthError(
+            "this endpoint authenticates as the GitHub App (its JWT): it needs App credentials "
+            "(app_id, private_key, installation_id), not a token"
+        )
 
     def __repr__(self) -> str:
         return "TokenAuth(token='**********')"

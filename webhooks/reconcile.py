@@ -3,6 +3,9 @@
 GitHub does not redeliver failed deliveries by itself. The receiver records each delivery by its
 ``X-GitHub-Delivery`` GUID, which a redelivery keeps; so a GUID that GitHub attempted but the
 store does not hold was lost (receiver down, 5xx, timeout) and is asked for once more.
+
+Deliveries come from a repository's hook or, for an install fed by a GitHub App, from the App's
+hook (read and redelivered as the App); both take the same path here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from clients.github import GitHubClient
+from clients.github import GitHubClient, HookSource
 from clients.github_errors import GitHubAuthError, GitHubError
 from clients.github_models import HookDelivery
 
@@ -40,21 +43,21 @@ def unrecorded(
 
 async def reconcile(
     client: GitHubClient,
-    repo: str,
-    hook_id: int,
+    hook: HookSource,
     is_recorded: Callable[[str], bool],
     since: datetime,
 ) -> list[str]:
-    """Redeliver every delivery since ``since`` whose GUID is not recorded; return those GUIDs.
+    """Redeliver every delivery of ``hook`` since ``since`` whose GUID is not recorded; return
+    those GUIDs.
 
     A failed redelivery request is logged and the rest still go out; bad credentials stop
     everything (every other request would fail the same way).
     """
-    deliveries = await client.list_hook_deliveries(repo, hook_id, since=since)
+    deliveries = await client.list_hook_deliveries(hook, since=since)
     redelivered: list[str] = []
     for delivery in unrecorded(deliveries, is_recorded):
         try:
-            await client.redeliver(repo, hook_id, delivery.id)
+            await client.redeliver(hook, delivery.id)
         except GitHubAuthError:
             raise
         except GitHubError as exc:

@@ -45,20 +45,40 @@ def serve(
 
 @app.command()
 def reconcile(
-    repo: Annotated[str, typer.Option("--repo", help="owner/name on GitHub.")],
-    hook_id: Annotated[int, typer.Option("--hook-id", help="The webhook's id on GitHub.")],
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="owner/name on GitHub (with --hook-id).")
+    ] = None,
+    hook_id: Annotated[
+        int | None, typer.Option("--hook-id", help="The repository webhook's id on GitHub.")
+    ] = None,
+    app_hook: Annotated[
+        bool,
+        typer.Option(
+            "--app", help="The GitHub App's webhook instead (needs the App's credentials)."
+        ),
+    ] = False,
     since: Annotated[str, typer.Option(help="How far back: 24h, 7d, or an ISO date.")] = "24h",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Ask GitHub to redeliver the deliveries the receiver never recorded."""
+    """Ask GitHub to redeliver the deliveries the receiver never recorded, of a repository's
+    webhook (--repo and --hook-id) or of the GitHub App's webhook (--app)."""
     from blocks.github import load_github_credentials
-    from clients.github import GitHubClient
+    from clients.github import AppHook, GitHubClient, HookSource, RepoHook
     from clients.github_errors import GitHubError
     from flows.records.dora import parse_since
     from webhooks.reconcile import reconcile as run_reconcile
     from webhooks.settings import StoreSettings
     from webhooks.store import StoreError, open_store
 
+    hook: HookSource
+    if app_hook:
+        if repo is not None or hook_id is not None:
+            raise _fail("--app reads the GitHub App's webhook: give it without --repo/--hook-id")
+        hook = AppHook()
+    elif repo is None or hook_id is None:
+        raise _fail("give --repo and --hook-id (a repository's webhook), or --app (the App's)")
+    else:
+        hook = RepoHook(repo, hook_id)
     # Reading the store needs no secret: only its location.
     url = StoreSettings().store_url
     try:
@@ -72,8 +92,15 @@ def reconcile(
         credentials = await load_github_credentials()
         if credentials is None:
             raise _fail("no GitHub credentials (GANTRY_GITHUB_TOKEN or the gantry-github block)")
+        if app_hook and not credentials.uses_app:
+            # A token cannot read the App's webhook; GitHub would only answer 401.
+            raise _fail(
+                "--app needs GitHub App credentials (GANTRY_GITHUB_APP_ID, "
+                "GANTRY_GITHUB_APP_PRIVATE_KEY, GANTRY_GITHUB_APP_INSTALLATION_ID or the "
+                "gantry-github block's App fields), not a token"
+            )
         async with GitHubClient.from_credentials(credentials) as client:
-            return await run_reconcile(client, repo, hook_id, store.is_recorded, start)
+            return await run_reconcile(client, hook, store.is_recorded, start)
 
     try:
         redelivered = asyncio.run(go())

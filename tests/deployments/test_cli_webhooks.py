@@ -1,6 +1,7 @@
 """`gantry webhooks reconcile` through the real command: GitHub's delivery log (the loopback
-stand-in) against the receiver's store in the state folder; exit codes and JSON as a script reads
-them. Which deliveries count as lost is tested on the function (tests/webhooks/test_reconcile.py).
+stand-in) against the receiver's store in the state folder, of a repository's hook (--repo,
+--hook-id) or the GitHub App's (--app); exit codes and JSON as a script reads them. Which
+deliveries count as lost is tested on the function (tests/webhooks/test_reconcile.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from core.ports import free_port
-from tests.fakes.github_api import FakeGitHub
+from tests.fakes.github_api import APP_HOOK, FakeGitHub
 from tests.plugins.stack import GANTRY
 from webhooks.store import Delivery, open_store
 
@@ -23,10 +26,10 @@ HOOK = 7
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def reconcile(
-    home: Path, github: FakeGitHub | None, *args: str, token: str | None = None
+def run_reconcile(
+    home: Path, credentials: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
-    """The command as an operator runs it, against ``home``'s store and ``github``'s API."""
+    """The command as an operator runs it, against ``home``'s store and these credentials."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -35,11 +38,31 @@ def reconcile(
     }
     env["GANTRY_HOME"] = str(home)
     env["GANTRY_PREFECT_PORT"] = str(free_port())  # no server: credentials from the environment
-    if github is not None:
-        env["GANTRY_GITHUB_TOKEN"] = token or github.token
-        env["GANTRY_GITHUB_API_URL"] = github.url
-    argv = [GANTRY, "webhooks", "reconcile", "--repo", REPO, "--hook-id", str(HOOK), *args]
+    env.update(credentials)
+    argv = [GANTRY, "webhooks", "reconcile", *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def token_env(github: FakeGitHub, token: str | None = None) -> dict[str, str]:
+    return {"GANTRY_GITHUB_TOKEN": token or github.token, "GANTRY_GITHUB_API_URL": github.url}
+
+
+def app_env(github: FakeGitHub) -> dict[str, str]:
+    """The GitHub App's credentials as an install fed by the App's webhook sets them."""
+    return {
+        "GANTRY_GITHUB_APP_ID": github.app_id,
+        "GANTRY_GITHUB_APP_PRIVATE_KEY": github.private_key_pem,
+        "GANTRY_GITHUB_APP_INSTALLATION_ID": str(github.installation_id),
+        "GANTRY_GITHUB_API_URL": github.url,
+    }
+
+
+def reconcile(
+    home: Path, github: FakeGitHub | None, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``reconcile --repo REPO --hook-id HOOK`` with a token for ``github`` (none without it)."""
+    credentials = token_env(github, token) if github is not None else {}
+    return run_reconcile(home, credentials, "--repo", REPO, "--hook-id", str(HOOK), *args)
 
 
 def record(home: Path, *guids: str) -> None:
@@ -107,3 +130,52 @@ def test_reconcile_with_a_bad_token_exits_1_with_githubs_answer_and_never_the_to
     assert result.stdout == ""
     assert token not in result.stdout + result.stderr
     assert github_api.state.redelivered == []
+
+
+def test_reconcile_app_redelivers_the_app_hooks_lost_deliveries_as_the_app(
+    tmp_path: Path, github_api: FakeGitHub
+) -> None:
+    recorded = github_api.add_delivery(APP_HOOK, delivered_at=NOW - timedelta(minutes=5))
+    lost = github_api.add_delivery(
+        APP_HOOK, event="pull_request", delivered_at=NOW - timedelta(minutes=4), status_code=502
+    )
+    github_api.add_delivery(HOOK, delivered_at=NOW - timedelta(minutes=3))  # a repository's
+    record(tmp_path, recorded["guid"])
+
+    result = run_reconcile(tmp_path, app_env(github_api), "--app", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"redelivered": [lost["guid"]]}
+    assert github_api.state.app_redelivered == [lost["id"]]
+    assert github_api.state.redelivered == []
+    # As the App (its JWT), never with an installation token, and the key never shown.
+    assert github_api.requests_to("/access_tokens") == []
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--app", "--repo", REPO), ("--app", "--hook-id", str(HOOK)), ()],
+    ids=["app-and-repo", "app-and-hook", "neither"],
+)
+def test_reconcile_needs_either_app_or_a_repository_hook(
+    tmp_path: Path, github_api: FakeGitHub, args: tuple[str, ...]
+) -> None:
+    github_api.add_delivery(APP_HOOK, delivered_at=NOW - timedelta(minutes=1))
+    result = run_reconcile(tmp_path, app_env(github_api), *args, "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, "one line, not a usage box"
+    assert result.stdout == ""
+    assert github_api.requests == []
+
+
+def test_reconcile_app_with_a_token_is_a_usage_error(
+    tmp_path: Path, github_api: FakeGitHub
+) -> None:
+    github_api.add_delivery(APP_HOOK, delivered_at=NOW - timedelta(minutes=1))
+    result = run_reconcile(tmp_path, token_env(github_api), "--app", "--json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--app needs GitHub App credentials" in result.stderr
+    assert github_api.token not in result.stderr
+    assert result.stdout == ""
+    assert github_api.requests == []

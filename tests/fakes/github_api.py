@@ -2,8 +2,9 @@
 
 Shapes follow the shared notes on GitHub REST: statuses, check runs (App installations only,
 with their documented validation and annotations appended per PATCH), deployments, deployment
-statuses, hook deliveries with ``Link`` cursors and redelivery attempts, the GitHub App token
-exchange, git refs (``git/ref/heads/..``, ``git/ref/tags/..``) and annotated tags
+statuses, hook deliveries with ``Link`` cursors and redelivery attempts (of repository hooks,
+and of the GitHub App's hook at ``/app/hook``, which only the App's JWT may read), the GitHub App
+token exchange, git refs (``git/ref/heads/..``, ``git/ref/tags/..``) and annotated tags
 (``git/tags/{sha}``), error bodies, rate-limit headers. Faults are queued with ``fail_next``;
 every request is recorded.
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import jwt
 import pytest
@@ -53,6 +54,9 @@ ANNOTATION_LEVELS = {"notice", "warning", "failure"}
 ANNOTATIONS_PER_REQUEST = 50
 OUTPUT_LIMIT = 65_535
 FaultKind = Literal["server_error", "secondary_rate_limit", "primary_rate_limit"]
+# Deliveries are kept per hook: a repository hook's id, or this key for the App's hook.
+APP_HOOK: Final = "app"
+HookKey = int | Literal["app"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,11 @@ class _State:
     statuses: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     deployment_statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    deliveries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    deliveries: dict[HookKey, list[dict[str, Any]]] = field(default_factory=dict)
+    # (owner/name, hook id, delivery id) of each redelivery asked of a repository hook
     redelivered: list[tuple[str, int, int]] = field(default_factory=list)
+    # delivery ids of each redelivery asked of the App's hook
+    app_redelivered: list[int] = field(default_factory=list)
     issued_tokens: dict[str, float] = field(default_factory=dict)
     # (owner/name case-folded, "heads/main" or "tags/v1") -> {"type", "sha"}
     refs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
@@ -234,7 +241,7 @@ class FakeGitHub(LoopbackServer):
 
     def add_delivery(
         self,
-        hook_id: int,
+        hook_id: HookKey,
         *,
         guid: str | None = None,
         event: str = "push",
@@ -243,6 +250,7 @@ class FakeGitHub(LoopbackServer):
         redelivery: bool = False,
         status_code: int = 202,
     ) -> dict[str, Any]:
+        """A delivery of repository hook ``hook_id``, or of the App's hook (``APP_HOOK``)."""
         delivery = {
             "id": next(self._ids),
             "guid": guid or f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}",
@@ -253,7 +261,8 @@ class FakeGitHub(LoopbackServer):
             "status_code": status_code,
             "event": event,
             "action": action,
-            "installation_id": None,
+            # The App's hook serves every installation; a repository hook belongs to none.
+            "installation_id": self.installation_id if hook_id == APP_HOOK else None,
             "repository_id": 1296269,
         }
         with self._lock:
@@ -362,6 +371,16 @@ class FakeGitHub(LoopbackServer):
             Route(
                 hooks + "/{delivery_id:int}/attempts",
                 self._guard(self._redeliver),
+                methods=["POST"],
+            ),
+            Route(
+                "/app/hook/deliveries",
+                self._guard(self._list_deliveries, app_jwt=True),
+                methods=["GET"],
+            ),
+            Route(
+                "/app/hook/deliveries/{delivery_id:int}/attempts",
+                self._guard(self._redeliver, app_jwt=True),
                 methods=["POST"],
             ),
             Route(
@@ -670,7 +689,7 @@ class FakeGitHub(LoopbackServer):
         return JSONResponse(status, status_code=201)
 
     async def _list_deliveries(self, request: Request, body: Any) -> Response:
-        hook_id = request.path_params["hook_id"]
+        hook_id: HookKey = request.path_params.get("hook_id", APP_HOOK)
         try:
             per_page = min(int(request.query_params.get("per_page", "30")), 100)
         except ValueError:
@@ -700,7 +719,8 @@ class FakeGitHub(LoopbackServer):
 
     async def _redeliver(self, request: Request, body: Any) -> Response:
         p = request.path_params
-        hook_id, delivery_id = p["hook_id"], p["delivery_id"]
+        hook_id: HookKey = p.get("hook_id", APP_HOOK)
+        delivery_id = p["delivery_id"]
         with self._lock:
             original = next(
                 (d for d in self.state.deliveries.get(hook_id, []) if d["id"] == delivery_id),
@@ -709,7 +729,10 @@ class FakeGitHub(LoopbackServer):
         if original is None:
             return _error(404, "Not Found")
         with self._lock:
-            self.state.redelivered.append((f"{p['owner']}/{p['repo']}", hook_id, delivery_id))
+            if isinstance(hook_id, int):
+                self.state.redelivered.append((f"{p['owner']}/{p['repo']}", hook_id, delivery_id))
+            else:
+                self.state.app_redelivered.append(delivery_id)
         self.add_delivery(
             hook_id,
             guid=original["guid"],

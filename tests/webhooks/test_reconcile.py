@@ -1,4 +1,5 @@
-"""Reconciling webhook deliveries: exactly the unrecorded GUIDs are redelivered, once each."""
+"""Reconciling webhook deliveries: exactly the unrecorded GUIDs are redelivered, once each, of a
+repository's hook or of the GitHub App's hook."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 
-from clients.github import GitHubClient, RetryPolicy
+from clients.github import AppHook, GitHubClient, RepoHook, RetryPolicy
 from clients.github_auth import TokenAuth
 from clients.github_errors import GitHubAuthError
+from tests.fakes.github_api import APP_HOOK
 from webhooks.reconcile import reconcile
 
 if TYPE_CHECKING:
@@ -21,6 +23,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"
 HOOK = 7
+REPO_HOOK = RepoHook(REPO, HOOK)
+POLICY = RetryPolicy(attempts=2, backoff=0.01, backoff_cap=0.02, max_wait=1.0)
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -30,8 +34,7 @@ def anyio_backend() -> str:
 
 
 def client_for(fake: FakeGitHub, token: str | None = None) -> GitHubClient:
-    policy = RetryPolicy(attempts=2, backoff=0.01, backoff_cap=0.02, max_wait=1.0)
-    return GitHubClient(TokenAuth(SecretStr(token or fake.token)), api_url=fake.url, policy=policy)
+    return GitHubClient(TokenAuth(SecretStr(token or fake.token)), api_url=fake.url, policy=POLICY)
 
 
 async def test_only_unrecorded_guids_are_redelivered(github_api: FakeGitHub) -> None:
@@ -42,7 +45,7 @@ async def test_only_unrecorded_guids_are_redelivered(github_api: FakeGitHub) -> 
 
     async with client_for(github_api) as client:
         guids = await reconcile(
-            client, REPO, HOOK, store.__contains__, since=NOW - timedelta(hours=1)
+            client, REPO_HOOK, store.__contains__, since=NOW - timedelta(hours=1)
         )
 
     assert guids == [lost["guid"], lost_too["guid"]]
@@ -58,7 +61,7 @@ async def test_redeliveries_of_a_recorded_guid_are_skipped(github_api: FakeGitHu
 
     async with client_for(github_api) as client:
         guids = await reconcile(
-            client, REPO, HOOK, {original["guid"]}.__contains__, since=NOW - timedelta(hours=1)
+            client, REPO_HOOK, {original["guid"]}.__contains__, since=NOW - timedelta(hours=1)
         )
 
     assert guids == []
@@ -78,7 +81,7 @@ async def test_a_lost_guid_with_several_attempts_is_redelivered_once(
     )
 
     async with client_for(github_api) as client:
-        guids = await reconcile(client, REPO, HOOK, set().__contains__, NOW - timedelta(hours=1))
+        guids = await reconcile(client, REPO_HOOK, set().__contains__, NOW - timedelta(hours=1))
 
     assert guids == [first["guid"]]
     assert [d for _, _, d in github_api.state.redelivered] == [retry["id"]]
@@ -89,7 +92,7 @@ async def test_deliveries_before_since_are_left_alone(github_api: FakeGitHub) ->
     recent = github_api.add_delivery(HOOK, delivered_at=NOW - timedelta(minutes=1))
 
     async with client_for(github_api) as client:
-        guids = await reconcile(client, REPO, HOOK, set().__contains__, NOW - timedelta(hours=1))
+        guids = await reconcile(client, REPO_HOOK, set().__contains__, NOW - timedelta(hours=1))
 
     assert guids == [recent["guid"]]
 
@@ -101,7 +104,7 @@ async def test_a_failed_redelivery_does_not_stop_the_others(github_api: FakeGitH
     github_api.fail_next(2, "server_error", path_contains=f"/{a['id']}/attempts")
 
     async with client_for(github_api) as client:
-        guids = await reconcile(client, REPO, HOOK, set().__contains__, NOW - timedelta(hours=1))
+        guids = await reconcile(client, REPO_HOOK, set().__contains__, NOW - timedelta(hours=1))
 
     assert guids == [b["guid"]]
     assert [d for _, _, d in github_api.state.redelivered] == [b["id"]]
@@ -112,4 +115,40 @@ async def test_bad_credentials_stop_reconciliation(github_api: FakeGitHub) -> No
     github_api.add_delivery(HOOK)
     async with client_for(github_api, token="ghp_notTheRightToken000") as client:
         with pytest.raises(GitHubAuthError):
-            await reconcile(client, REPO, HOOK, set().__contains__, NOW - timedelta(hours=1))
+            await reconcile(client, REPO_HOOK, set().__contains__, NOW - timedelta(hours=1))
+
+
+async def test_the_app_hooks_unrecorded_guids_are_redelivered_as_the_app(
+    github_api: FakeGitHub,
+) -> None:
+    recorded = github_api.add_delivery(APP_HOOK, delivered_at=NOW - timedelta(minutes=9))
+    lost = github_api.add_delivery(
+        APP_HOOK, delivered_at=NOW - timedelta(minutes=8), status_code=502
+    )
+    # Listed across pages (the listing asks for GitHub's largest page, so make several).
+    for i in range(120):
+        github_api.add_delivery(
+            APP_HOOK, guid=recorded["guid"], delivered_at=NOW - timedelta(seconds=i)
+        )
+    lost_too = github_api.add_delivery(APP_HOOK, delivered_at=NOW - timedelta(minutes=7))
+    github_api.add_delivery(HOOK, delivered_at=NOW - timedelta(minutes=6))  # not the App's
+
+    client = GitHubClient(github_api.app_auth(), api_url=github_api.url, policy=POLICY)
+    async with client:
+        guids = await reconcile(
+            client, AppHook(), {recorded["guid"]}.__contains__, NOW - timedelta(hours=1)
+        )
+
+    assert guids == [lost["guid"], lost_too["guid"]]
+    assert github_api.state.app_redelivered == [lost["id"], lost_too["id"]]
+    assert github_api.state.redelivered == []
+    assert len(github_api.requests_to("/app/hook/deliveries", "GET")) == 2
+
+
+async def test_a_token_cannot_reconcile_the_app_hook(github_api: FakeGitHub) -> None:
+    github_api.add_delivery(APP_HOOK)
+    async with client_for(github_api) as client:
+        with pytest.raises(GitHubAuthError, match="App credentials"):
+            await reconcile(client, AppHook(), set().__contains__, NOW - timedelta(hours=1))
+
+    assert github_api.requests == []
