@@ -168,7 +168,7 @@ def test_rollback_by_repo_and_by_name_restores_the_newest_good_release(
         good.append(service.releases()[0])
     assert served(url) == "v3"
     # A rolled-back release: v4's smoke check fails in production, which goes back to v3.
-    service.merge("v4", smoke_fails=True)
+    smoke_failed = service.merge("v4", smoke_fails=True).data["release_candidate"]
     release(service, approvers)
     # A failed one: the worker's policy no longer accepts unscanned images (the test stack has
     # no scanner), so v4 is refused at provenance, before the gate.
@@ -181,13 +181,30 @@ def test_rollback_by_repo_and_by_name_restores_the_newest_good_release(
     )
     refused = wait_for(service.start_release(), final)
     assert refused.state is not None and refused.state.is_failed(), refused.state
+    # A rollback passes the same provenance check before the gate (here one the policy lets it
+    # skip): v2's digests are refused too, and production stays on v3.
+    back = wait_for(service.start_release(rollback=True), final)
+    assert back.state is not None and back.state.is_failed(), back.state
+    summary: Any = asyncio.run(back.state.aresult(raise_on_failure=False))
+    assert isinstance(summary, PipelineSummary)
+    [check] = summary.stages
+    assert (check.name, check.status.value) == ("provenance", "failed")
+    assert check.detail.startswith("refused before the approval gate: web: check scan failed")
+    assert served(url) == "v3"
     approvers.write_policy(
         local_stack.settings, "alice", approval_timeout=600, allow_rollback_without_approval=True
     )
-    outcomes = [r.outcome for r in service.releases()]
-    assert outcomes == ["failed", "rolled_back", "success", "success", "success"]
+    records = service.releases()
+    outcomes = [r.outcome for r in records]
+    assert outcomes == ["failed", "failed", "rolled_back", "success", "success", "success"]
+    assert records[0].candidate_id == good[1].candidate_id
     assert served(url) == "v3"
     assert len({r.candidate_id for r in good}) == 3
+    # The release candidate stays recorded after its release was rolled back and then failed:
+    # the runbook hands it to its team, and it can still be named.
+    assert [r.candidate_id for r in records[1:3]] == [smoke_failed, smoke_failed]
+    kept = [c.id for c in asyncio.run(list_candidates(service.slug))]
+    assert smoke_failed in kept
 
     # The README's form, naming the repository by its clone URL: the slug it yields is the one
     # the named runs recorded. Past the failed and rolled-back records, and past v3 (served

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -19,13 +22,17 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
 )
 from prefect.context import FlowRunContext
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from clients.oci_artifacts import ATTESTATION_SUFFIX, SBOM_SUFFIX, attached_layers
 from clients.registry import RegistryClient
 from core.links import flow_run_url
 from deployments.stack import Stack
+from flows.deploy.stage import lock_name
 from flows.pipelines.stages import PipelineSummary
 from flows.records.store import ReleaseCandidate, candidate_key, list_candidates
 from flows.supply.attest import attest_image
@@ -44,6 +51,9 @@ from tests.flows.pipelines.test_release_pipeline import (
 from tests.plugins.gitrepo import GitRepo
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# Prefect's events for a global concurrency limit's slot: the deploy lock taken and given back.
+LOCK_ACQUIRED = "prefect.concurrency-limit.acquired"
+LOCK_RELEASED = "prefect.concurrency-limit.released"
 
 
 @dataclass(frozen=True)
@@ -268,3 +278,58 @@ def test_an_attested_candidate_verifies_before_the_gate_and_deploys(
     ]
     assert rows[0]["status"] == "passed"
     assert merged.service.releases()[0].outcome == "success"
+
+
+def lock_events(name: str) -> dict[str, datetime]:
+    """When the concurrency limit ``name`` was acquired and released (Prefect's own events),
+    once both have reached the server."""
+
+    async def read() -> dict[str, datetime]:
+        async with get_client() as client:
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            page = await client.read_events(
+                EventFilter(
+                    event=EventNameFilter(name=[LOCK_ACQUIRED, LOCK_RELEASED]),
+                    resource=EventResourceFilter(id=[f"prefect.concurrency-limit.{limit.id}"]),
+                ),
+                limit=50,  # the server's largest page
+            )
+        return {event.event: event.occurred for event in page.events}
+
+    deadline = time.monotonic() + 60
+    seen = asyncio.run(read())
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        seen = asyncio.run(read())
+    assert len(seen) == 2, seen
+    return seen
+
+
+def test_the_merge_holds_the_staging_lock_only_for_deploy_and_e2e(merged: Merged) -> None:
+    run_id = merge_run_id(merged)
+
+    async def read() -> tuple[dict[str, Any], datetime]:
+        async with get_client() as client:
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
+            )
+            [candidate] = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)]),
+                    key=ArtifactFilterKey(any_=[candidate_key(merged.service.slug)]),
+                )
+            )
+        assert candidate.created is not None
+        return {t.name: t for t in tasks}, candidate.created
+
+    tasks, recorded = asyncio.run(read())
+    lock = lock_events(lock_name(merged.service.slug, "staging"))
+    taken, released = lock[LOCK_ACQUIRED], lock[LOCK_RELEASED]
+    # Taken only once the images are built, pushed and attested, before the staging deploy...
+    for stage in ("build", "push", "attest"):
+        assert tasks[stage].end_time is not None and tasks[stage].end_time <= taken, stage
+    assert tasks["deploy-staging"].start_time is not None
+    assert taken <= tasks["deploy-staging"].start_time
+    # ...and given back once E2E has ended, before the candidate is recorded.
+    assert tasks["e2e"].end_time is not None and tasks["e2e"].end_time <= released
+    assert released <= recorded
