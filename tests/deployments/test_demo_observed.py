@@ -13,8 +13,10 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from core.ports import free_port
 from core.settings import StackSettings
 from deployments.prefect_server import venv_bin
 from deployments.stack import PROJECT_DIR, Stack
+from tests.deployments.test_front_door import LOOPBACK, stack_listeners
 from tests.fakes.datadog_api import FakeDatadog
 from tests.fakes.dogstatsd import Datagram, DogStatsdAgent
 from tests.fakes.github_api import FakeGitHub
@@ -157,6 +160,30 @@ def test_the_demo_takes_the_sample_service_to_production(observed: ObservedDemo)
     result = observed.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Production serves the same digests" in result.stdout
+
+
+RUN_LINK = re.compile(r"See the run in the Prefect UI: (\S+)/runs/flow-run/([0-9a-f-]{36})$")
+
+
+def test_the_demo_prints_the_prefect_ui_address_and_the_link_to_each_run(
+    observed: ObservedDemo,
+) -> None:
+    ui = observed.settings.prefect_url
+    lines = observed.result.stdout.splitlines()
+    assert f"Prefect UI: {ui}" in lines, observed.result.stdout[-3000:]
+    links = [m for line in lines if (m := RUN_LINK.match(line.strip()))]
+    assert [m.group(1) for m in links] == [ui] * len(PIPELINES), lines
+    # Each link is the page of the pipeline's own run on this stack's server, in order.
+
+    async def read(run_id: str) -> str:
+        async with PrefectClient(
+            observed.settings.prefect_api_url, auth_string=observed.settings.api_auth_string()
+        ) as client:
+            run = await client.read_flow_run(uuid.UUID(run_id))
+            assert run.deployment_id is not None
+            return (await client.read_deployment(run.deployment_id)).name
+
+    assert [asyncio.run(read(m.group(2))) for m in links] == list(PIPELINES)
 
 
 def log_files(settings: StackSettings) -> list[Path]:
@@ -374,6 +401,41 @@ def test_run_merge_to_a_file_prints_each_image_reference_whole(
         assert IMAGE_LINE.fullmatch(line), line
     # The demo's own piped output names the same references, whole.
     assert IMAGE_REFERENCE.findall(observed.result.stdout), observed.result.stdout[-3000:]
+
+
+def outward_addresses() -> list[str]:
+    """This host's IPv4 addresses other than loopback (its interfaces, bridges included)."""
+    listed = subprocess.run(
+        ["ip", "-j", "-4", "addr"], capture_output=True, text=True, timeout=10, check=True
+    )
+    return [
+        info["local"]
+        for link in json.loads(listed.stdout)
+        for info in link.get("addr_info", [])
+        if not info["local"].startswith("127.")
+    ]
+
+
+def test_the_stack_and_its_environments_listen_on_loopback_only(observed: ObservedDemo) -> None:
+    # Before the Prefect server is stopped (the test below): every part and both environments up.
+    settings = observed.settings
+    listening = stack_listeners(settings.state_dir)
+    ports = {port for _, port in listening}
+    assert {settings.prefect_port, settings.webhook_port, settings.registry_port} <= ports
+    assert {address for address, _ in listening} <= LOOPBACK, sorted(listening)
+    # Staging and production are forwarded by the engine, not listened on by a process of ours:
+    # they answer on loopback and refuse a connection to each of this host's other addresses.
+    environments = {settings.staging_port, settings.production_port}
+    outward = outward_addresses()
+    assert outward, "this host has no address but loopback"
+    for port in environments:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    for address in outward:
+        for port in sorted(environments | ports):
+            with socket.socket() as sock:
+                sock.settimeout(5)
+                assert sock.connect_ex((address, port)) != 0, f"{address}:{port} answers"
 
 
 def test_readyz_stays_ready_and_says_so_when_the_prefect_api_is_gone(
