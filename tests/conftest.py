@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.plugins.stack",
     "tests.plugins.engine",
     "tests.plugins.prefect_server",
+    "tests.webhooks.served",
 ]
 
 # Markers that tell the truth: a test that reaches a real server through a fixture is "slow"

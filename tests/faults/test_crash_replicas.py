@@ -25,8 +25,6 @@ from prefect.states import Crashed
 from core.settings import MERGE_DEPLOYMENT, PR_DEPLOYMENT
 from deployments.crashes import RETRIED_AS, RETRY_OF, Outcome, handle_crash
 from deployments.prefect_server import PrefectServer
-from tests.plugins.prefect_server import prefect_api
-from tests.webhooks.served import real_deployments
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(180)]
 REPLICAS = 3
@@ -35,12 +33,6 @@ REPLICAS = 3
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    with prefect_api(prefect_server.settings):
-        return real_deployments(prefect_server)
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 import uvicorn
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.flows import Flow, load_flow_from_entrypoint
 
 from deployments.prefect_server import PrefectServer
 from deployments.stack import PROJECT_DIR, Stack
+from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from webhooks.app import create_app
 from webhooks.server import server_config
@@ -123,3 +125,11 @@ def bound_by_the_real_flow(
     assert deployment.entrypoint is not None
     bound: dict[str, Any] = _flow_at(deployment.entrypoint).validate_parameters(parameters)
     return bound
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: PrefectServer) -> PrefectServer:
+    """The session server with prefect.yaml's real deployments (a plugin: tests/conftest.py).
+    Module-scoped, so set up before a test's own Prefect settings: it names the server."""
+    with prefect_api(prefect_server.settings):
+        return real_deployments(prefect_server)

@@ -33,12 +33,10 @@ from prefect.states import Running
 
 from core.settings import prefect_env
 from deployments.prefect_server import PrefectServer
-from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.served import (
     ServedReceiver,
     bound_by_the_real_flow,
-    real_deployments,
     receiver_settings,
 )
 from webhooks.events import PipelineRequest, map_event
@@ -51,13 +49,6 @@ URL_PATH = "/webhooks/github"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    # Module-scoped: set up before the per-test Prefect settings, so name the server.
-    with prefect_api(prefect_server.settings):
-        return real_deployments(prefect_server)
 
 
 @pytest.fixture

@@ -21,10 +21,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 
 from deployments.prefect_server import PrefectServer
-from tests.plugins.prefect_server import prefect_api
 from tests.webhooks import payloads
 from tests.webhooks.postgres import postgres_bin, throwaway_postgres
-from tests.webhooks.served import real_deployments
 from webhooks.dispatcher import Dispatcher
 from webhooks.events import PipelineRequest, map_event
 from webhooks.store import Delivery, PostgresStore
@@ -36,12 +34,6 @@ DELIVERIES = 5
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    with prefect_api(prefect_server.settings):
-        return real_deployments(prefect_server)
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,11 @@ from deployments.prefect_server import PrefectServer
 from deployments.stack import Stack
 from tests.plugins.deadlines import wait_for
 from tests.plugins.gitrepo import GitRepo, gantry_toml
-from tests.plugins.prefect_server import prefect_api
 from tests.plugins.stack import WEBHOOK_SECRET
 from tests.webhooks import payloads
 from tests.webhooks.served import (
     ServedReceiver,
     bound_by_the_real_flow,
-    real_deployments,
     receiver_settings,
 )
 
@@ -146,12 +144,6 @@ def test_a_rerequested_check_starts_exactly_one_new_run_of_the_pr_deployment(
     time.sleep(2)
     assert [r.id for r in runs_tagged(f"delivery:{delivery_id}")] == [rerun.id]
     assert {r.id for r in runs_tagged(f"pr:{NUMBER}", f"repo:{name}")} == {first.id, rerun.id}
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server: PrefectServer) -> PrefectServer:
-    with prefect_api(prefect_server.settings):
-        return real_deployments(prefect_server)
 
 
 def test_a_rerequested_check_makes_one_scheduled_run_through_the_receivers_dispatcher(
