@@ -23,9 +23,6 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import RawTestServer
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kmock import KubernetesError, Server
 from kubernetes_asyncio.config import incluster_config
 from typing_extensions import override
@@ -36,6 +33,7 @@ from flows.steps.sandbox.kubernetes import (
     KubernetesRunner,
     KubernetesSandboxSettings,
 )
+from tests.fakes.tls import write_test_ca
 from tests.flows.deploy.kubernetes.conftest import ApiServerEmulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -55,71 +53,16 @@ class Tls:
 
 def make_tls(directory: Path, common_name: str) -> Tls:
     """A cluster CA and an API server certificate for 127.0.0.1, as ``kubeadm`` would make."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file = directory / "apiserver.crt"
-    key_file = directory / "apiserver.key"
-    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    ca_file, cert_file, key_file = write_test_ca(
+        directory,
+        common_name,
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        "kube-apiserver",
+        lifetime=datetime.timedelta(hours=1),
     )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
-    return Tls(ca_pem=ca.public_bytes(serialization.Encoding.PEM), server=server)
+    return Tls(ca_pem=ca_file.read_bytes(), server=server)
 
 
 def tls_server(context: ssl.SSLContext) -> type[RawTestServer]:
