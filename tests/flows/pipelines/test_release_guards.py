@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import FlowRun, State
 
+from core.identity import RepositoryIdentity
 from deployments.stack import Stack
 from flows.pipelines.merge import merge_pipeline
 from flows.pipelines.stages import PipelineSummary
+from flows.records.board import board_key
 from flows.records.store import ReleaseCandidate, candidate_key, list_candidates
 from tests.fakes.github_api import FakeGitHub
 from tests.flows.pipelines.approvers import Approvers
@@ -40,6 +43,7 @@ from tests.flows.pipelines.test_release_pipeline import (
     service,
     wait_for,
 )
+from tests.plugins import deadlines
 from tests.plugins.stack import as_json, gantry
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -91,6 +95,20 @@ def forge(
 def stopped(run: FlowRun) -> bool:
     """Refused (final), or let through to the approval gate: a removed guard shows at once."""
     return final(run) or paused(run)
+
+
+def boards(service: Service) -> list[list[str]]:
+    """Every version of the repository's board, each as its lines."""
+    key = board_key(RepositoryIdentity(full_name=service.name))
+
+    async def read() -> list[list[str]]:
+        async with get_client() as client:
+            versions = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+        return [str(version.data).splitlines() for version in versions]
+
+    return asyncio.run(read())
 
 
 def test_each_candidate_guard_alone_keeps_production_on_what_it_served(
@@ -149,6 +167,16 @@ def test_each_candidate_guard_alone_keeps_production_on_what_it_served(
         [stage] = summary.stages
         assert (stage.name, stage.status.value) == ("candidate", "failed"), why
         assert stage.detail == f"refused: {why}; nothing deployed"
+        # A refused release still updates the repository's board as it ends: its state hook
+        # runs once Failed is recorded, so some version of the board soon shows it Failed.
+        name = run.name
+        deadlines.wait_for(
+            f"a board showing {name} Failed",
+            lambda name=name: any(
+                name in line and "| Failed |" in line for b in boards(service) for line in b
+            ),
+            60,
+        )
 
     # Production still serves v1; no release record but v1's, no new production deployment.
     assert served(url) == "v1"
