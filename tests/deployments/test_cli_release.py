@@ -23,6 +23,7 @@ from flows.pipelines.stages import PipelineSummary
 from flows.records.store import all_releases
 from tests.flows.pipelines.approvers import Approvers
 from tests.flows.pipelines.service_repo import commit_version
+from tests.flows.pipelines.test_release_pipeline import summary_rows
 from tests.plugins.gitrepo import GitRepo
 from tests.plugins.stack import as_json, gantry
 
@@ -121,6 +122,11 @@ def test_run_merge_then_release_reject_and_approve_through_the_cli(
     assert run.state is not None and run.state.is_cancelled(), run.state
     assert "rejected by alice@example.invalid: freeze" in (run.state.message or "")
     assert image not in production_refs(local_stack)
+    # The run keeps its summary: the verified provenance, then the gate cancelled and why.
+    verified, gate = summary_rows(first["flow_run_id"])
+    assert (verified["stage"], verified["status"]) == ("provenance", "passed")
+    assert (gate["stage"], gate["status"]) == ("approval", "cancelled")
+    assert "rejected by alice@example.invalid" in gate["detail"]
 
     # -- release again: a key off the policy is refused (exit 1), alice's approves ------------
     second = release_no_wait(local_stack, repo)

@@ -186,26 +186,6 @@ def test_an_approved_release_reaches_production_with_the_candidates_digests(
     assert record.images == merged.data["images"]
 
 
-def test_a_rejection_deploys_nothing_and_is_recorded(
-    service: Service, approvers: Approvers, session_github: FakeGitHub
-) -> None:
-    service.merge("v1")
-    run_id = service.start_release()
-    wait_for(run_id, paused)
-    assert approvers.answer(run_id, "alice", "reject", "not during the freeze").accepted
-    run = wait_for(run_id, final)
-    assert run.state is not None and run.state.is_cancelled()
-    assert "rejected by alice@example.invalid: not during the freeze" in (run.state.message or "")
-    record = service.releases()[0]
-    assert (record.outcome, record.approved_by) == ("rejected", "alice@example.invalid")
-    # The run still has its summary: the verified provenance, the gate cancelled, and why.
-    verified, row = summary_rows(run_id)
-    assert (verified["stage"], verified["status"]) == ("provenance", "passed")
-    assert (row["stage"], row["status"]) == ("approval", "cancelled")
-    assert "rejected by alice@example.invalid" in row["detail"]
-    assert production_deployments(session_github, service) == []
-
-
 def summary_rows(run_id: str) -> list[dict[str, Any]]:
     from prefect.client.schemas.filters import (
         ArtifactFilter,
