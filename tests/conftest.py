@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.plugins.engine",
     "tests.plugins.prefect_server",
     "tests.webhooks.served",
+    "tests.webhooks.postgres",
 ]
 
 # Markers that tell the truth: a test that reaches a real server through a fixture is "slow"

@@ -22,7 +22,6 @@ from prefect.client.schemas.objects import FlowRun
 
 from deployments.prefect_server import PrefectServer
 from tests.webhooks import payloads
-from tests.webhooks.postgres import postgres_bin, throwaway_postgres
 from webhooks.dispatcher import Dispatcher
 from webhooks.events import PipelineRequest, map_event
 from webhooks.store import Delivery, PostgresStore
@@ -34,14 +33,6 @@ DELIVERIES = 5
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
-    with throwaway_postgres() as url:
-        yield url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import event
 
 from tests.webhooks import payloads
-from tests.webhooks.postgres import postgres_bin, throwaway_postgres
 from webhooks.events import PipelineRequest, map_event
 from webhooks.store import (
     Delivery,
@@ -32,14 +31,6 @@ from webhooks.store import (
 pytestmark = pytest.mark.timeout(120)
 # The PostgreSQL cases start a real server: "slow" as the marker means it.
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
-    with throwaway_postgres() as url:
-        yield url
 
 
 @pytest.fixture(params=BACKENDS)
