@@ -20,7 +20,6 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from prefect import Flow
 from prefect.artifacts import acreate_markdown_artifact
@@ -137,7 +136,7 @@ def _seconds(run: FlowRun, now: datetime, final: bool) -> float | None:
         return None
     if final and run.end_time is not None:
         return float((run.end_time - run.start_time).total_seconds())
-    # Still running (or this very run, about to end): how long it has run so far.
+    # Still running: how long it has run so far.
     return float((now - run.start_time).total_seconds())
 
 
@@ -146,14 +145,11 @@ def board_run(
     run: FlowRun,
     releases: Iterable[ReleaseRecord],
     now: datetime,
-    finishing: tuple[UUID, State[Any]] | None = None,
 ) -> BoardRun:
-    """``run`` as a board row; ``finishing`` is the run building the board and the state it ends
-    in, which the server does not know yet."""
+    """``run`` as a board row. The run whose hook builds the board is already final on the
+    server (see ``board_hook``), so every run's state is read from there."""
     state = run.state
-    if finishing is not None and finishing[0] == run.id:
-        state = finishing[1]
-    final = state is not None and state.is_final() and (finishing is None or finishing[0] != run.id)
+    final = state is not None and state.is_final()
     commit = run.parameters.get("sha")
     if pipeline == "release":
         # A release names a candidate or a tag; the commit is in its release record.
@@ -191,9 +187,7 @@ def open_candidates(
     return found
 
 
-async def read_board(
-    identity: RepositoryIdentity, finishing: tuple[UUID, State[Any]] | None = None
-) -> Board:
+async def read_board(identity: RepositoryIdentity) -> Board:
     """Everything the board shows, read from the Prefect server."""
     now = datetime.now(UTC)
     releases = await list_releases(identity.slug)
@@ -202,7 +196,7 @@ async def read_board(
     async with get_client() as client:
         for pipeline in PIPELINES:
             found = await pipeline_runs(client, pipeline, identity)
-            runs[pipeline] = [board_run(pipeline, r, releases, now, finishing) for r in found]
+            runs[pipeline] = [board_run(pipeline, r, releases, now) for r in found]
     dora = compute_dora(
         deployment_records(releases), DORA_WINDOW, now=now, repository=identity.slug
     )
@@ -311,13 +305,11 @@ def render(board: Board) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def update_board(
-    identity: RepositoryIdentity, finishing: tuple[UUID, State[Any]] | None = None
-) -> bool:
+async def update_board(identity: RepositoryIdentity) -> bool:
     """Publish the repository's board; False (and a warning) when it could not be. Never raises."""
     try:
         async with asyncio.timeout(BUILD_TIMEOUT):
-            board = await read_board(identity, finishing)
+            board = await read_board(identity)
             await acreate_markdown_artifact(
                 markdown=render(board),
                 key=board_key(identity),
@@ -340,7 +332,7 @@ async def board_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
     server, so the run shows as finished (and the next run can start) without waiting for the
     board's reads. It also covers every way a run ends, early refusals included.
     """
-    del flow
+    del flow, state  # the server holds the run's final state already
     parameters = flow_run.parameters
     try:
         identity = identity_of(
@@ -350,4 +342,4 @@ async def board_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
         )
     except ValueError:  # a run that could not name its repository has no board
         return
-    await update_board(identity, (flow_run.id, state))
+    await update_board(identity)

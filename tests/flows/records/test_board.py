@@ -21,7 +21,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
 )
 from prefect.runtime import flow_run
-from prefect.states import Completed
 
 from core.identity import RepositoryIdentity
 from deployments.prefect_server import PrefectServer
@@ -257,5 +256,5 @@ def test_a_board_that_cannot_be_built_never_raises_into_the_run(
     identity = RepositoryIdentity(full_name="acme/board-unreachable")
     updates = {PREFECT_API_URL: address, PREFECT_CLIENT_MAX_RETRIES: 0}
     with temporary_settings(updates=updates), caplog.at_level(logging.WARNING):
-        assert not asyncio.run(update_board(identity, (uuid.uuid4(), Completed())))
+        assert not asyncio.run(update_board(identity))
     assert any("board of acme/board-unreachable not updated" in r.message for r in caplog.records)
