@@ -172,7 +172,10 @@ def test_up_reaps_a_removed_engines_container_and_its_forwarding_never_a_live_on
         # A stack removed without `gantry down`: its engine stopped, its folder deleted.
         gone.stop()
         shutil.rmtree(gone.state_dir.parent, ignore_errors=True)
-        assert answers(removed_port), "the orphan serves on: what the reaper is for"
+        # The folder took the orphan's image layers with it: once the kernel drops their cached
+        # entries, its files are gone. Its process and forwarding are not, nor the port it holds.
+        assert listening(removed_port), "the orphan still accepts: what the reaper is for"
+        assert not port_free(removed_port), "the orphan still holds its port"
 
         removed = mine.reap_leftovers({removed_port, live_port})
 
