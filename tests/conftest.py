@@ -15,6 +15,7 @@ os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
 os.environ.setdefault("GANTRY_ALLOW_FILE_REPOSITORIES", "1")
 
 pytest_plugins = [
+    "tests.plugins.leftovers",
     "tests.plugins.gitrepo",
     "tests.plugins.stack",
     "tests.plugins.engine",
