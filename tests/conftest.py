@@ -15,6 +15,9 @@ os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
 os.environ.setdefault("GANTRY_ALLOW_FILE_REPOSITORIES", "1")
 
 pytest_plugins = [
+    # The fakes first: the plugins below import them, and pytest rewrites only what it imports.
+    "tests.fakes.github_api",
+    "tests.fakes.snyk_api",
     "tests.plugins.leftovers",
     "tests.plugins.gitrepo",
     "tests.plugins.stack",

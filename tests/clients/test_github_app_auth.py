@@ -20,7 +20,6 @@ from clients.github_errors import GitHubAuthError
 if TYPE_CHECKING:
     from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"

@@ -24,7 +24,6 @@ from clients.github_models import CheckAnnotation, CheckOutput
 if TYPE_CHECKING:
     from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"

@@ -19,7 +19,6 @@ from tests.fakes.github_api import APP_HOOK
 if TYPE_CHECKING:
     from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"

@@ -26,7 +26,6 @@ from clients.snyk import (
 if TYPE_CHECKING:
     from tests.fakes.snyk_api import FakeSnyk
 
-pytest_plugins = ("tests.fakes.snyk_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, backoff_cap=0.02, max_retry_after=2.0, max_wait=3.0)

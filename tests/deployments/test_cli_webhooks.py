@@ -19,8 +19,6 @@ from tests.fakes.github_api import APP_HOOK, FakeGitHub
 from tests.plugins.stack import GANTRY
 from webhooks.store import Delivery, open_store
 
-pytest_plugins = ("tests.fakes.github_api",)
-
 REPO = "acme/api"
 HOOK = 7
 NOW = datetime.now(UTC).replace(microsecond=0)

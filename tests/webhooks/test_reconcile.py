@@ -18,7 +18,6 @@ from webhooks.reconcile import reconcile
 if TYPE_CHECKING:
     from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"

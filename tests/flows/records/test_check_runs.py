@@ -16,7 +16,6 @@ from flows.records.github_report import StatusReporter
 from flows.results import StageResult, StageStatus
 from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 REPO = "acme/api"

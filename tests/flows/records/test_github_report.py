@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from deployments.prefect_server import PrefectServer
 from tests.fakes.github_api import FakeGitHub
 
-pytest_plugins = ("tests.fakes.github_api",)
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 REPO = "acme/api"

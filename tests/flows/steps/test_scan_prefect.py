@@ -21,7 +21,6 @@ from flows.steps.scan import scan_dependencies
 if TYPE_CHECKING:
     from tests.fakes.snyk_api import FakeSnyk
 
-pytest_plugins = ("tests.fakes.snyk_api",)
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
