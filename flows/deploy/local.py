@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -60,6 +61,16 @@ def remove_container(container: Container) -> None:
         what=f"removing container {container.name}",
         logger=step_logger("deploy"),
     )
+
+
+@dataclass(frozen=True)
+class Swap:
+    """How one image's swap ended; ``previous_serves`` is False when its old container, put
+    back after a failure, could not start again."""
+
+    ok: bool
+    reason: str = ""
+    previous_serves: bool = True
 
 
 class PortSlots:
@@ -202,8 +213,12 @@ class LocalContainerTarget:
 
     def _swap(
         self, client: docker.DockerClient, request: DeployRequest, spec: Image, ref: str, port: int
-    ) -> tuple[bool, str]:
-        """Replace the live container of ``spec`` with ``ref``; False + reason if it failed."""
+    ) -> Swap:
+        """Replace the live container of ``spec`` with ``ref``.
+
+        On a failure after the old container was stopped, the old one is put back under its
+        name and started; the result says whether it serves again.
+        """
         logger = step_logger("deploy")
         env, slug = request.environment, request.repository_slug
         candidate = self._run(client, request, spec, ref, free_port(self.host), "candidate")
@@ -215,9 +230,8 @@ class LocalContainerTarget:
         logs = self._logs(candidate)
         remove_container(candidate)
         if not healthy:
-            return (
-                False,
-                f"{spec.name} never answered {spec.health_path}; last output: {logs[-300:]}",
+            return Swap(
+                False, f"{spec.name} never answered {spec.health_path}; last output: {logs[-300:]}"
             )
         live_name = self._name(slug, env, spec.name)
         previous_name = self._name(slug, env, spec.name, "previous")
@@ -228,15 +242,34 @@ class LocalContainerTarget:
             old.rename(previous_name)
         except NotFound:
             old = None
-        new = self._run(client, request, spec, ref, port, "")
+        try:
+            new = self._run(client, request, spec, ref, port, "")
+        except DockerException as exc:
+            # Another program took the port once the old container let it go (after
+            # _refuse_taken_ports looked), or the engine refused the container. What the engine
+            # made of it must not pass for the live version.
+            self._remove(client, live_name)
+            return self._put_back(
+                old, live_name, f"{spec.name} could not start on port {port}: {exc}"
+            )
         if self._healthy(port, spec.health_path, self.health_timeout):
-            return True, ""
+            return Swap(True)
         reason = f"{spec.name} did not answer on port {port}: {self._logs(new)[-500:]}"
         remove_container(new)
-        if old is not None:
+        return self._put_back(old, live_name, reason)
+
+    @staticmethod
+    def _put_back(old: Container | None, live_name: str, reason: str) -> Swap:
+        """A failed swap: rename ``old`` back to the live name and start it again."""
+        if old is None:
+            return Swap(False, reason)
+        try:
             old.rename(live_name)
             old.start()
-        return False, reason
+        except DockerException as exc:
+            why = f"{reason}; the previous version could not start again: {exc}"
+            return Swap(False, why, previous_serves=False)
+        return Swap(False, reason)
 
     def deploy_sync(self, request: DeployRequest) -> DeployOutcome:
         logger = step_logger("deploy")
@@ -253,12 +286,12 @@ class LocalContainerTarget:
                     client.images.pull(ref)
                 except (ImageNotFound, APIError) as exc:
                     raise self._failure(
-                        client, request, previous, done, f"cannot pull {ref}: {exc}"
+                        client, request, previous, done, Swap(False, f"cannot pull {ref}: {exc}")
                     ) from exc
                 port = self._port(request.repository_slug, request.environment, name)
-                ok, reason = self._swap(client, request, spec, ref, port)
-                if not ok:
-                    raise self._failure(client, request, previous, done, reason)
+                swap = self._swap(client, request, spec, ref, port)
+                if not swap.ok:
+                    raise self._failure(client, request, previous, done, swap)
                 done.append(name)
                 logger.info("%s: %s serves %s", request.environment, name, ref)
         except DockerException as exc:
@@ -306,7 +339,7 @@ class LocalContainerTarget:
         request: DeployRequest,
         previous: dict[str, str],
         done: list[str],
-        reason: str,
+        failed: Swap,
     ) -> DeployError:
         """Put back what ran before for the images already swapped; say what happened."""
         specs = {spec.name: spec for spec in request.image_specs}
@@ -317,10 +350,11 @@ class LocalContainerTarget:
                 self._remove(client, self._name(request.repository_slug, request.environment, name))
                 continue
             port = self._port(request.repository_slug, request.environment, name)
-            ok, _ = self._swap(client, request, specs.get(name) or Image(name=name), ref, port)
-            restored = restored and ok
+            swap = self._swap(client, request, specs.get(name) or Image(name=name), ref, port)
+            restored = restored and swap.ok
+        restored = restored and failed.previous_serves
         serving = "the previous version still serves" if previous and restored else ""
-        message = f"deploy to {request.environment} failed: {reason}"
+        message = f"deploy to {request.environment} failed: {failed.reason}"
         if serving:
             message += f"; {serving}"
         return DeployError(

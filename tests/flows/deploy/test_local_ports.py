@@ -12,12 +12,13 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import docker
 import httpx
 import pytest
+from docker.models.containers import Container
 
 from core.ports import free_port_block
 from flows.config import Image
@@ -165,3 +166,61 @@ def test_a_port_taken_by_another_program_fails_the_deploy_and_the_live_version_k
         f"gantry-{slug}-{environment}-web",
         f"gantry-{slug}-{environment}-web-previous",
     }
+
+
+class PortTakenAtTheSwap(LocalContainerTarget):
+    """A target whose environment port another program takes the moment the old version lets
+    it go: after every check, just before the new version binds it (the fault, made certain)."""
+
+    taken: ExitStack
+
+    def _run(
+        self,
+        client: docker.DockerClient,
+        request: DeployRequest,
+        spec: Image,
+        ref: str,
+        host_port: int,
+        role: str,
+    ) -> Container:
+        if role == "":  # the live container, not the trial one
+            self.taken.enter_context(another_program(host_port))
+        return super()._run(client, request, spec, ref, host_port, role)
+
+
+def test_a_port_taken_during_the_swap_fails_clearly_and_leaves_the_old_version_live_by_name(
+    container_engine: str,
+    docker_api: docker.DockerClient,
+    web_versions: list[str],
+    deploy: Callable[[LocalContainerTarget, str, Environment, str], None],
+    tmp_path: Path,
+) -> None:
+    v1, v2 = web_versions
+    slug, environment = "ports-race", "staging"
+    base = free_port_block(2)
+    ports = {"staging": base, "production": base + 1}
+    state = tmp_path / "state"
+    target = LocalContainerTarget(container_engine, ports, state, health_timeout=30)
+    deploy(target, slug, "staging", v1)
+    assert serves(base) == "v1"
+    live_name = f"gantry-{slug}-{environment}-web"
+
+    racing = PortTakenAtTheSwap(container_engine, ports, state, health_timeout=30)
+    with ExitStack() as racing.taken, pytest.raises(DeployError) as raced:
+        deploy(racing, slug, "staging", v2)
+    message = str(raced.value)
+    assert f"web could not start on port {base}" in message
+    # The old version could not bind its port either: said, and not called "still serves".
+    assert "the previous version could not start again" in message
+    assert "still serves" not in message and not raced.value.rolled_back
+    assert raced.value.previous_images == {"web": v1}
+    # Nothing of v2 passes for the live version: the live name is v1's container again.
+    mine = {"label": [f"{LABEL}.repository={slug}"]}
+    containers = docker_api.containers.list(all=True, filters=mine)
+    assert [(c.name, c.labels[f"{LABEL}.ref"]) for c in containers] == [(live_name, v1)]
+
+    # The program gone, the next deploy sees v1 as what served, and swaps as always.
+    deploy(target, slug, "staging", v2)
+    assert serves(base) == "v2"
+    previous = docker_api.containers.get(f"{live_name}-previous")
+    assert previous.labels[f"{LABEL}.ref"] == v1
