@@ -37,6 +37,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from core.redact import register_secret
+from flows.pipelines.approval import CANDIDATE_TAG, COMMIT_TAG
 from flows.records.announce import RELEASE_FAILED_EVENT, RELEASE_RESOURCE_PREFIX
 
 logger = logging.getLogger("gantry.notifications")
@@ -77,10 +78,19 @@ RELEASE_FAILED_BODY = (
     "Run: {{ event.payload.get('run_url') or 'unknown' }}"
 )
 APPROVAL_SUBJECT = "Gantry: a release waits for approval"
+
+
+def _tagged(prefix: str, fallback: str) -> str:
+    """The value of the run's tag ``prefix…`` (the gate's tags: flows/pipelines/approval.py)."""
+    return (
+        f"{{% for tag in flow_run.tags if tag.startswith('{prefix}') %}}"
+        f"{{{{ tag[{len(prefix)}:] }}}}{{% else %}}{fallback}{{% endfor %}}"
+    )
+
+
 APPROVAL_BODY = (
-    f"Release of {_REPOSITORY} waits for a signed approval "
-    "(candidate {{ flow_run.parameters.get('candidate_id') or 'newest' }}; the commit is on the "
-    "run's page).\n"
+    f"Release of {_REPOSITORY} at commit {_tagged(COMMIT_TAG, 'unknown')} waits for a signed "
+    f"approval (candidate {_tagged(CANDIDATE_TAG, 'unknown')}).\n"
     "Outcome so far: {{ flow_run.state.message or 'paused' }}\n"
     f"Approve or reject: {_RUN_URL}"
 )

@@ -13,8 +13,11 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from uuid import UUID
 
-from prefect.exceptions import FlowPauseTimeout
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, ValidationError
@@ -35,6 +38,11 @@ from flows.records.store import ReleaseCandidate
 # How often the paused flow looks for an answer: an approval is acted on within this time.
 POLL_SECONDS = 1
 SERVER_PAUSE_GRACE = 300
+# Tags a release run carries while it waits: what it asks approval for. The chat message, a
+# Prefect automation that sees the run's tags but nothing of the flow's own state, names them,
+# and the UI filters runs by them.
+COMMIT_TAG = "commit:"
+CANDIDATE_TAG = "candidate:"
 
 
 class ApprovalDecision(RunInput):
@@ -168,6 +176,7 @@ async def wait_for_approval(
     """
     logger = step_logger("approval")
     deadline = time.monotonic() + policy.approval_timeout
+    await _tag_with_the_candidate(run_id, candidate)
     template = statement_template(run_id, candidate)
     form = ApprovalDecision.with_initial_data(
         description=describe_candidate(candidate, action, run_id),
@@ -222,3 +231,17 @@ async def wait_for_approval(
         return GateResult(
             outcome=outcome, approver=verdict.approver, reason=statement.reason, refused=refused
         )
+
+
+async def _tag_with_the_candidate(run_id: str, candidate: ReleaseCandidate) -> None:
+    """Tag the run with the commit and candidate it asks approval for, before it pauses."""
+    wanted = [f"{COMMIT_TAG}{candidate.commit_sha}", f"{CANDIDATE_TAG}{candidate.id}"]
+    try:
+        async with get_client() as client:
+            current = await client.read_flow_run(UUID(run_id))
+            missing = [tag for tag in wanted if tag not in current.tags]
+            if missing:
+                await client.update_flow_run(UUID(run_id), tags=[*current.tags, *missing])
+    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+        # The gate does not depend on it: the message then names no commit, the page does.
+        step_logger("approval").warning("could not tag the run with its commit: %s", exc)

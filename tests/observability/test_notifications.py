@@ -434,6 +434,10 @@ def test_a_refused_approval_pauses_the_release_again_and_chat_is_told_again(
         run_id = started.get(timeout=DELIVERY_SECONDS)
         [first] = slack.wait_for_messages(before + 1, DELIVERY_SECONDS)[before:]
         assert f"/runs/flow-run/{run_id}" in first.text and REPOSITORY in first.text
+        # The approver is told what they are asked to approve: the commit, whole, and the
+        # candidate (the gate tagged its run with both before it paused).
+        assert f"at commit {COMMIT} waits" in first.text
+        assert f"(candidate {candidate.id})" in first.text
         # An unsigned answer: refused, and the gate pauses again under a new key.
         refused = approvers.send(run_id, approvers.statement(run_id), None)
         assert not refused.accepted and "(unsigned)" in refused.message
