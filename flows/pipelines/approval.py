@@ -17,7 +17,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, ValidationError
@@ -242,6 +242,6 @@ async def _tag_with_the_candidate(run_id: str, candidate: ReleaseCandidate) -> N
             missing = [tag for tag in wanted if tag not in current.tags]
             if missing:
                 await client.update_flow_run(UUID(run_id), tags=[*current.tags, *missing])
-    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+    except (httpx.HTTPError, ObjectNotFound) as exc:
         # The gate does not depend on it: the message then names no commit, the page does.
         step_logger("approval").warning("could not tag the run with its commit: %s", exc)
