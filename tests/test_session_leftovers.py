@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import docker
@@ -24,6 +24,7 @@ from deployments.engine import ContainerEngine
 from tests.plugins import leftovers
 from tests.plugins.deadlines import pids_with, wait_for
 from tests.plugins.engine import build_busybox
+from tests.webhooks.postgres import postgres_bin, throwaway_postgres
 
 SLEEP = [sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))", "300"]
 
@@ -118,6 +119,32 @@ def test_the_owner_is_the_process_not_only_its_pid(tmp_path: Path) -> None:
     assert not leftovers.Owner(owner.pid, str(int(owner.started) + 1), owner.folder).alive()
     (tmp_path / leftovers.OWNER_FILE).write_text("not json")
     assert leftovers.owner_of(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_a_dead_sessions_postgresql_kept_outside_its_folder_is_stopped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed (run `make install`)")
+    root = tmp_path / "pytest-of-someone"
+    dead = root / "pytest-5"
+    dead.mkdir(parents=True)
+    # As the session fixture sets it: what the session starts names its folder.
+    monkeypatch.setenv(leftovers.SESSION_VARIABLE, f"{dead.resolve()}/")
+    with ExitStack() as server:
+        url = server.enter_context(throwaway_postgres())
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        assert pids_with(f"-p {port} "), "PostgreSQL runs"
+        dead_owner(dead)
+
+        leftovers.reap_dead_sessions(root)
+
+        wait_for("PostgreSQL is stopped", lambda: not pids_with(f"-p {port} "), 10)
+        assert not dead.exists()
+        # Its own teardown finds no server to stop: that is what the reaper did.
+        with pytest.raises(subprocess.CalledProcessError):
+            server.close()
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 Fixtures stop every server, engine and container they start, but a session killed outright (a
 CI time limit, SIGKILL, a lost terminal) runs no teardown: its Prefect server, workers, Podman
 service, registry, PostgreSQL, containers and mounts would outlive it, holding memory, ports and
-disk. So each session writes its owner (pid and start time) into its temp folder, and each new
-session removes the folders, and every process that names them, of owners that are gone. A
+disk. So each session writes its owner (pid and start time) into its temp folder and names that
+folder in the environment of everything it starts, and each new session removes the folders,
+and every process that names them, of owners that are gone. A
 session that ends removes its mark. Folders without a mark (sessions that ended, or older ones),
 and folders of a session still running, are left alone.
 
@@ -33,6 +34,10 @@ from core.mounts import unmount_under
 from deployments.engine import ContainerEngine
 
 OWNER_FILE = "gantry-session-owner.json"
+# Set for the whole session to its temp folder: every process the session starts inherits it,
+# so a server kept outside that folder (PostgreSQL's, which its account must be able to reach)
+# still names it. A process started with an environment of its own must pass it on.
+SESSION_VARIABLE = "GANTRY_TEST_SESSION"
 
 
 def _start_time(pid: int) -> str | None:
@@ -188,5 +193,6 @@ def session_owner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """
     folder = tmp_path_factory.getbasetemp()
     mark(folder)
+    os.environ[SESSION_VARIABLE] = f"{folder.resolve()}/"
     yield
     (folder / OWNER_FILE).unlink(missing_ok=True)

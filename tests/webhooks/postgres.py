@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.ports import free_port
+from tests.plugins.leftovers import SESSION_VARIABLE
 
 
 def postgres_bin() -> Path | None:
@@ -40,6 +41,10 @@ def throwaway_postgres() -> Iterator[str]:
     data, port = root / "data", free_port()
     uid, gid = (user.pw_uid, user.pw_gid) if user else (None, None)
     env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "HOME": str(root)}
+    # The server lives outside the session's temp folder: this names the session, so that the
+    # next session can stop it should this one be killed (tests/plugins/leftovers.py).
+    if SESSION_VARIABLE in os.environ:
+        env[SESSION_VARIABLE] = os.environ[SESSION_VARIABLE]
 
     def run(*argv: str) -> None:
         subprocess.run(
