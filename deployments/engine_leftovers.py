@@ -96,7 +96,8 @@ def _argv(pid: str) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _processes() -> Iterator[tuple[int, list[str]]]:
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process of this machine with a command line: its pid and its argv."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             argv = _argv(entry.name)
@@ -104,25 +105,26 @@ def _processes() -> Iterator[tuple[int, list[str]]]:
                 yield int(entry.name), argv
 
 
-def _option(argv: list[str], flag: str) -> str | None:
+def option(argv: list[str], flag: str) -> str | None:
+    """The word after ``flag`` in ``argv``, if any."""
     with contextlib.suppress(ValueError, IndexError):
         return argv[argv.index(flag) + 1]
     return None
 
 
 def _parse_conmon(pid: int, argv: list[str]) -> EngineContainer | None:
-    container_id, name = _option(argv, "-c"), _option(argv, "-n")
+    container_id, name = option(argv, "-c"), option(argv, "-n")
     # The exit command is `podman --root R --runroot RR ... container cleanup ID`, one
     # --exit-command-arg per word.
     exit_args = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--exit-command-arg"]
-    root, runroot = _option(exit_args, "--root"), _option(exit_args, "--runroot")
+    root, runroot = option(exit_args, "--root"), option(exit_args, "--runroot")
     if not (container_id and root and runroot):
         return None
     return EngineContainer(
         conmon_pid=pid,
         container_id=container_id,
         name=name or container_id[:12],
-        runtime=_option(argv, "-r") or "runc",
+        runtime=option(argv, "-r") or "runc",
         root=Path(root),
         runroot=Path(runroot),
     )
@@ -131,7 +133,7 @@ def _parse_conmon(pid: int, argv: list[str]) -> EngineContainer | None:
 def gantry_containers() -> list[EngineContainer]:
     """Every running container of any Gantry engine on this machine."""
     found = []
-    for pid, argv in _processes():
+    for pid, argv in processes():
         if Path(argv[0]).name != "conmon":
             continue
         container = _parse_conmon(pid, argv)
@@ -144,14 +146,14 @@ def running_container_ids() -> set[str]:
     """Ids of the containers every conmon on this machine (any engine) monitors."""
     return {
         cid
-        for _, argv in _processes()
-        if Path(argv[0]).name == "conmon" and (cid := _option(argv, "-c"))
+        for _, argv in processes()
+        if Path(argv[0]).name == "conmon" and (cid := option(argv, "-c"))
     }
 
 
 def engine_serving(root: Path) -> bool:
     """True when a Podman service runs on the storage ``root`` (its stack is live)."""
-    for _, argv in _processes():
+    for _, argv in processes():
         if Path(argv[0]).name == "podman" and "service" in argv and str(root) in argv:
             return True
     return False
@@ -276,7 +278,7 @@ def remove_orphan(container: EngineContainer) -> list[str]:
 def in_use(path: Path) -> bool:
     """True when a running process names ``path`` on its command line (conmon, Podman do)."""
     needle = str(path)
-    return any(needle in " ".join(argv) for _, argv in _processes())
+    return any(needle in " ".join(argv) for _, argv in processes())
 
 
 def tidy_engine_folders(containers: Iterable[EngineContainer]) -> None:

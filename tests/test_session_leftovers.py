@@ -159,7 +159,9 @@ def test_a_dead_sessions_engine_and_container_go_with_its_port_and_forwarding(
     dead.mkdir(parents=True)
     port = free_port()
     engine = ContainerEngine(dead / "podman0", insecure_registries=[])
+    idle = ContainerEngine(dead / "podman1", insecure_registries=[])  # one with no container
     try:
+        idle.start()
         engine.start()
         with closing(docker.DockerClient(base_url=engine.docker_host, timeout=300)) as client:
             (tmp_path / "image").mkdir()
@@ -179,8 +181,11 @@ def test_a_dead_sessions_engine_and_container_go_with_its_port_and_forwarding(
         assert not pids_with(str(dead)), "a process of the killed session runs on"
         assert any("gantry-left-staging-web" in line for line in done), done
         assert not dead.exists()
+        # The engines' runtime folders, kept outside the session's, go too.
+        assert not engine.runroot.exists() and not idle.runroot.exists()
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # the port is free again
     finally:
-        if engine.state_dir.exists():
-            engine.stop(purge=True)
+        for started in (engine, idle):
+            if started.state_dir.exists():
+                started.stop(purge=True)

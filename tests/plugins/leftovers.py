@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from core.mounts import unmount_under
+from deployments import engine_leftovers
 from deployments.engine import ContainerEngine
 
 OWNER_FILE = "gantry-session-owner.json"
@@ -143,6 +144,11 @@ def reap(folder: Path, owner: Owner) -> list[str]:
     done: list[str] = []
     names = sorted({str(folder.resolve()), owner.folder})
     pids = processes_naming(names)
+    # An engine keeps its runtime folder in the temp folder, outside the session's.
+    argv = dict(engine_leftovers.processes())
+    runroots = {
+        root for pid in pids if (root := engine_leftovers.option(argv.get(pid, []), "--runroot"))
+    }
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -153,6 +159,11 @@ def reap(folder: Path, owner: Owner) -> list[str]:
         done.append(f"killed {len(pids)} process(es) of the session {owner.pid}")
     unmount_under(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    for runroot in map(Path, sorted(runroots)):
+        ours = runroot.name.startswith(engine_leftovers.RUNROOT_PREFIX)
+        if ours and not engine_leftovers.in_use(runroot):  # no container of it runs on
+            unmount_under(runroot)
+            shutil.rmtree(runroot, ignore_errors=True)
     done.append(f"removed {folder}" if not folder.exists() else f"could not remove {folder}")
     return done
 
