@@ -8,6 +8,7 @@ of imports to send the same documented requests (POST /api/flows/filter, /api/fl
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
+
+from core.identity import FULL_NAME, location_name
 
 if TYPE_CHECKING:
     from core.settings import StackSettings
@@ -174,13 +177,51 @@ def _summary(run: dict[str, Any], pipeline: str, ui_url: str) -> dict[str, Any]:
     }
 
 
-def matches_repository(parameters: dict[str, Any], repo: str) -> bool:
-    """Whether a run's parameters name ``repo``: its owner/name, clone URL or local path."""
-    named = {str(parameters.get(key) or "") for key in ("repository", "repository_name")}
-    if repo in named:
-        return True
+def repository_matcher(repo: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a run's parameters name ``repo``: its owner/name (any case), a clone URL of it,
+    the local path it was started with, or a local clone whose ``origin`` is on GitHub (so
+    ``--repo .`` in a checkout finds the runs its webhooks started)."""
     path = Path(repo)
-    return path.is_dir() and str(path.resolve()) in named
+    local = str(path.resolve()) if path.is_dir() else None
+    if local is not None:
+        full_name = clone_full_name(path)
+    else:
+        full_name = location_name(repo) if "://" in repo else repo
+    wanted = full_name.casefold() if full_name and FULL_NAME.match(full_name) else None
+
+    def matches(parameters: dict[str, Any]) -> bool:
+        named = {str(parameters.get(key) or "") for key in ("repository", "repository_name")}
+        if repo in named or (local is not None and local in named):
+            return True
+        return (
+            wanted is not None and str(parameters.get("repository_name") or "").casefold() == wanted
+        )
+
+    return matches
+
+
+def clone_full_name(path: Path) -> str | None:
+    """The owner/name of a local clone's ``origin`` remote (https, ssh or scp-like URL), if any.
+
+    Only git's configuration is read: nothing of the checkout runs.
+    """
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(path), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = result.stdout.strip()
+    if result.returncode != 0 or not url:
+        return None
+    if "://" not in url and ":" in url.split("/", 1)[0]:  # scp-like: git@github.com:owner/name
+        url = "ssh://" + url.replace(":", "/", 1)
+    name = location_name(url) if "://" in url else ""
+    return name if FULL_NAME.match(name) else None
 
 
 def recent_runs(
@@ -201,7 +242,8 @@ def recent_runs(
         }
         runs = _post(client, "/flow_runs/filter", body)
     if repo:
-        runs = [r for r in runs if matches_repository(r.get("parameters") or {}, repo)]
+        matches = repository_matcher(repo)
+        runs = [r for r in runs if matches(r.get("parameters") or {})]
     return [_summary(r, flows[r["flow_id"]], settings.prefect_url) for r in runs[:limit]]
 
 

@@ -22,7 +22,10 @@ STATE_STYLE = {"Completed": "green", "Failed": "red", "Crashed": "red", "Cancell
 
 def runs(
     repo: Annotated[
-        str | None, typer.Option("--repo", help="Only this repository: owner/name, URL or path.")
+        str | None,
+        typer.Option(
+            "--repo", help="Only this repository: owner/name, clone URL, or a local clone."
+        ),
     ] = None,
     pipeline: Annotated[
         str | None, typer.Option("--pipeline", help="Only this pipeline: pr, merge or release.")
