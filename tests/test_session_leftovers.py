@@ -90,8 +90,10 @@ def test_a_dead_sessions_processes_and_mounts_go_and_a_live_sessions_stay(
     subprocess.run(["mount", "-t", "tmpfs", "none", str(dead / "podman" / "storage")], check=True)
 
     named = spawn(spawned, str(dead / "prefect" / "server.log"))
-    working = spawn(spawned, cwd=dead / "podman")
-    environ = spawn(spawned, env={**os.environ, "PREFECT_HOME": str(dead / "prefect")})
+    # What the session started carries its folder in the environment (the session fixture).
+    environ = spawn(spawned, env={**os.environ, leftovers.SESSION_VARIABLE: f"{dead.resolve()}/"})
+    # Someone's shell, opened in the folder to look: not the session's.
+    looking = spawn(spawned, cwd=dead / "podman")
     renamed_one = spawn(spawned, str(was / "registry"))
     kept = spawn(spawned, str(live / "prefect"))
     unowned_one = spawn(spawned, str(unowned / "prefect"))
@@ -99,14 +101,15 @@ def test_a_dead_sessions_processes_and_mounts_go_and_a_live_sessions_stay(
 
     done = leftovers.reap_dead_sessions(root)
 
-    for pid in (named, working, environ, renamed_one):
+    for pid in (named, environ, renamed_one):
         wait_for(f"process {pid} is killed", lambda p=pid: exited(by_pid[p]), 10)  # type: ignore[misc]
     assert not dead.exists() and not renamed.exists()
     assert not mounted_under(root)
-    assert any("killed 3 process(es)" in line for line in done), done
+    assert any("killed 2 process(es)" in line for line in done), done
     # A live session's folder and processes, and a folder nobody owns, are not touched.
     assert live.is_dir() and unowned.is_dir()
     assert not exited(by_pid[kept]) and not exited(by_pid[unowned_one])
+    assert not exited(by_pid[looking])
     # Nothing left to do: a second pass reaps nothing.
     assert leftovers.reap_dead_sessions(root) == []
 

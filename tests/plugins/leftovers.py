@@ -109,14 +109,15 @@ def _ancestors() -> set[int]:
 
 
 def _names_any(pid: int, needles: Sequence[bytes]) -> bool:
-    """True when the process's command line, working folder or environment names a needle."""
+    """True when the process's command line or environment names a needle.
+
+    Not its working folder: a shell someone opened in the folder to look is not the session's.
+    """
     proc = Path(f"/proc/{pid}")
     texts: list[bytes] = []
     for name in ("cmdline", "environ"):
         with contextlib.suppress(OSError):
             texts.append((proc / name).read_bytes())
-    with contextlib.suppress(OSError):
-        texts.append(str((proc / "cwd").readlink()).encode() + b"/")
     return any(needle in text for text in texts for needle in needles)
 
 
