@@ -41,16 +41,20 @@ OWNER_FILE = "gantry-session-owner.json"
 SESSION_VARIABLE = "GANTRY_TEST_SESSION"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command (which may hold spaces and
+    parentheses): state first, so proc(5)'s field N is at index N - 3."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Fields after the command (which may hold spaces and parentheses): state is field 3 and
-    # starttime field 22 of proc(5).
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[19] if fields[0] not in ("Z", "X") else None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and fields[0] not in ("Z", "X") else None
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,10 @@ def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
         pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        fields = _stat_fields(pid)
+        if fields is None:
             break
-        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        pid = int(fields[1])  # the parent's pid
     return pids
 
 
